@@ -1,0 +1,522 @@
+"""
+Train a GPT. Runs as one process, under torchrun, or under SLURM's srun, unchanged:
+
+$ python train.py config/train_shakespeare_char.py --device=cpu --compile=False
+$ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
+$ srun python train.py config/train_gpt2.py          (see slurm/train_gpt2.sbatch)
+
+Every default below can be changed by a config file and by --key=value (see configurator.py).
+A run killed at any moment continues with --init_from=resume as if it had never stopped.
+"""
+
+import json
+import math
+import os
+import pickle
+import re
+import subprocess
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+import checkpoint
+import configurator
+import distributed
+from configurator import ConfigError, UserError
+from model import GPT, GPTConfig, device_peak_flops
+
+# -----------------------------------------------------------------------------
+# default config values, designed to train a GPT-2 (124M) on OpenWebText
+# I/O
+out_dir = 'out'
+eval_interval = 2000
+log_interval = 1
+eval_iters = 200
+eval_only = False  # if True, evaluate once and exit
+always_save_checkpoint = True  # if False, save only when the val loss improves
+init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*', or a checkpoint file / Hugging Face GPT-2 directory
+ckpt_iters = []  # keep a permanent snapshot (ckpt_0010000.pt) at these iterations...
+ckpt_every = 0  # ...and/or every this many iterations (0: off)
+keep_last = 0  # keep only the newest N snapshots (0: keep them all)
+# wandb logging
+wandb_log = False
+wandb_project = 'owt'
+wandb_run_name = 'gpt2'
+# data
+dataset = 'openwebtext'
+gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes; summed over all ranks
+batch_size = 12  # micro-batch size per rank
+block_size = 1024
+# model
+n_layer = 12
+n_head = 12
+n_embd = 768
+dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
+bias = False  # use bias inside LayerNorm and Linear layers?
+# adamw optimizer
+learning_rate = 6e-4  # max learning rate
+max_iters = 600000  # total number of training iterations
+weight_decay = 1e-1
+beta1 = 0.9
+beta2 = 0.95
+grad_clip = 1.0  # clip gradients at this value, or disable if == 0.0
+# learning rate decay settings
+decay_lr = True  # whether to decay the learning rate
+warmup_iters = 2000  # how many steps to warm up for
+lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
+min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
+# distributed
+backend = 'auto'  # 'nccl', 'gloo', ...; auto: nccl on CUDA, gloo on CPU
+ddp_timeout = 600  # seconds a rank waits for the others before giving up with an error
+# system
+device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps'; auto: cuda if available, else mps, else cpu
+dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float16 on older GPUs, float32 on CPU
+compile = None  # torch.compile the model; None: on CUDA, where it pays off
+seed = 1337
+# -----------------------------------------------------------------------------
+DEFAULTS = configurator.defaults_from(globals())
+
+
+class RandomBatches:
+    """Batches of random windows from a token file, nanoGPT's "poor man's data loader".
+
+    y is x shifted by one token. The offsets come from `generator`, so the generator's
+    state is the loader's position: saving it in a checkpoint resumes the exact stream.
+    """
+
+    def __init__(self, path, dtype, block_size, batch_size, device, generator):
+        self.path, self.dtype = path, dtype
+        self.block_size, self.batch_size = block_size, batch_size
+        self.device, self.generator = device, generator
+        self.offsets = np.arange(block_size + 1)
+
+    def next(self):
+        # A fresh memmap per batch: one long-lived memmap keeps every page it touched
+        # mapped, and the process's memory grows over a long run.
+        data = np.memmap(self.path, dtype=self.dtype, mode='r')
+        ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=self.generator)
+        windows = torch.from_numpy(data[ix.numpy()[:, None] + self.offsets].astype(np.int64))
+        x, y = windows[:, :-1], windows[:, 1:]
+        if self.device.startswith('cuda'):
+            # pinned memory lets the copy to the GPU run asynchronously (non_blocking=True)
+            return (x.pin_memory().to(self.device, non_blocking=True),
+                    y.pin_memory().to(self.device, non_blocking=True))
+        return x.contiguous().to(self.device), y.contiguous().to(self.device)
+
+
+def read_vocab(data_dir):
+    """The dataset's vocabulary from meta.json (or nanoGPT's meta.pkl): what the model must
+    predict, and what a checkpoint records so that sample.py can decode without the data."""
+    json_path, pkl_path = os.path.join(data_dir, 'meta.json'), os.path.join(data_dir, 'meta.pkl')
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            meta = json.load(f)
+    elif os.path.exists(pkl_path):  # nanoGPT's format: a trusted file written by its prepare.py
+        with open(pkl_path, 'rb') as f:
+            meta = pickle.load(f)
+        meta = {'tokenizer': 'char', 'vocab_size': meta['vocab_size'], 'dtype': 'uint16',
+                'itos': [meta['itos'][i] for i in range(meta['vocab_size'])]}
+    else:  # nanoGPT's openwebtext and shakespeare prepare scripts write no meta: GPT-2 BPE
+        meta = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'dtype': 'uint16'}
+    vocab = {'tokenizer': meta['tokenizer'], 'vocab_size': meta['vocab_size'], 'dtype': meta.get('dtype', 'uint16')}
+    if meta['tokenizer'] == 'char':
+        vocab['itos'] = meta['itos']
+    return vocab
+
+
+def check_token_file(path, dtype, block_size, dataset):
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: prepare the dataset first with "
+                        f"`python data/{dataset}/prepare.py`")
+    itemsize = np.dtype(dtype).itemsize
+    size = os.path.getsize(path)
+    if size % itemsize:
+        raise UserError(f"{path} has {size} bytes, not a multiple of {itemsize} ({dtype}): "
+                        f"the file is truncated or meta.json's dtype is wrong; prepare the dataset again")
+    if size // itemsize < block_size + 1:
+        raise UserError(f"{path} holds {size // itemsize} tokens, too few for block_size={block_size} "
+                        f"(need at least {block_size + 1}); use a smaller block_size or more data")
+
+
+def model_vocab_size(vocab):
+    # BPE vocabularies are padded up to a multiple of 64 (50257 -> 50304), which makes the
+    # lm_head matmul markedly faster on GPUs; a char model keeps its exact vocabulary so its
+    # loss at init is ln(vocab_size) and its numbers compare with nanoGPT's.
+    n = vocab['vocab_size']
+    return n if vocab['tokenizer'] == 'char' else (n + 63) // 64 * 64
+
+
+def check_config(cfg):
+    positive = ('batch_size', 'block_size', 'eval_iters', 'eval_interval', 'log_interval',
+                'gradient_accumulation_steps', 'n_layer', 'n_head', 'n_embd')
+    for key in positive:
+        if getattr(cfg, key) < 1:
+            raise ConfigError(f"{key} must be at least 1, got {getattr(cfg, key)}")
+    if cfg.max_iters < 0:
+        raise ConfigError(f"max_iters must be 0 or more, got {cfg.max_iters}")
+    for key in ('learning_rate', 'min_lr'):
+        value = getattr(cfg, key)
+        if not (math.isfinite(value) and 0 <= value < 1) or (key == 'learning_rate' and value == 0):
+            raise ConfigError(f"{key} must be in (0, 1), got {value}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.n_embd % cfg.n_head:
+        raise ConfigError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")
+    if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
+        raise ConfigError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {cfg.dtype!r}")
+    if cfg.compile not in (None, True, False):
+        raise ConfigError(f"compile must be True or False, got {cfg.compile!r}")
+    if cfg.ckpt_every < 0 or cfg.keep_last < 0 or any(not isinstance(i, int) for i in cfg.ckpt_iters):
+        raise ConfigError("ckpt_every and keep_last must be >= 0 and ckpt_iters a list of iterations")
+
+
+def resolve_device(requested):
+    if requested == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        return 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if requested.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"device={requested} but no CUDA GPU is available; use --device=cpu")
+    if requested == 'mps' and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available; use --device=cpu")
+    if requested.split(':')[0] not in ('cpu', 'cuda', 'mps'):
+        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {requested!r}")
+    return requested
+
+
+def resolve_dtype(requested, device_type):
+    if requested != 'auto':
+        return requested
+    if device_type == 'cuda':
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    return 'float32'
+
+
+def check_writable(directory):
+    try:
+        os.makedirs(directory, exist_ok=True)
+        probe = os.path.join(directory, f'.write_test{os.getpid()}')
+        with open(probe, 'w'):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise UserError(f"out_dir {directory} is not writable ({e.strerror}); choose another --out_dir") from None
+
+
+def code_version():
+    """The git commit of this code (with '+dirty' for local changes), logged with every run."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        rev = subprocess.run(['git', 'describe', '--always', '--dirty=+dirty'], cwd=here,
+                             capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        rev = ''
+    return rev or 'unknown'
+
+
+def main(argv):
+    cfg = SimpleNamespace(**configurator.configure(DEFAULTS, argv))
+    check_config(cfg)
+
+    # -------------------------------------------------------------------------
+    # setup: device, distributed, precision
+    launch = distributed.detect_launch()
+    device = distributed.setup(launch, resolve_device(cfg.device), cfg.backend, cfg.ddp_timeout)
+    master = launch.is_master
+    print0 = print if master else (lambda *args, **kwargs: None)
+    device_type = device.split(':')[0]
+    cfg.dtype = resolve_dtype(cfg.dtype, device_type)
+    compile_model = (device_type == 'cuda') if cfg.compile is None else cfg.compile
+    if cfg.gradient_accumulation_steps % launch.world_size:
+        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be "
+                          f"divisible by the number of ranks ({launch.world_size})")
+    grad_accum = cfg.gradient_accumulation_steps // launch.world_size
+    tokens_per_iter = grad_accum * launch.world_size * cfg.batch_size * cfg.block_size
+    if master:
+        check_writable(cfg.out_dir)
+    print0(f"code {code_version()}, launched as {launch.launcher} with {launch.world_size} rank(s) on {device}")
+    print0(f"config {json.dumps(vars(cfg))}")
+    print0(f"tokens per iteration will be: {tokens_per_iter:,}")
+
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and later
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+    # -------------------------------------------------------------------------
+    # data
+    data_dir = os.path.join('data', cfg.dataset)
+    vocab = read_vocab(data_dir)
+    for split in ('train', 'val'):
+        check_token_file(os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size, cfg.dataset)
+    loader_generator = torch.Generator()
+
+    def make_batches(split, generator):
+        return RandomBatches(os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size,
+                             cfg.batch_size, device, generator)
+
+    train_batches = make_batches('train', loader_generator)
+
+    # -------------------------------------------------------------------------
+    # model
+    # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway);
+    # the per-rank seed for data and dropout is set after the model exists.
+    torch.manual_seed(cfg.seed)
+    iter_num, best_val_loss, ckpt = 0, float('inf'), None
+    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
+                      bias=cfg.bias, vocab_size=model_vocab_size(vocab), dropout=cfg.dropout)
+    if cfg.init_from == 'scratch':
+        print0("initializing a new model from scratch")
+        model = GPT(GPTConfig(**model_args))
+    elif cfg.init_from == 'resume' or os.path.isfile(cfg.init_from):
+        ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
+        print0(f"{'resuming training' if cfg.init_from == 'resume' else 'initializing'} from {ckpt_path}")
+        ckpt = checkpoint.load(ckpt_path, map_location=device)
+        ckpt_vocab = ckpt.get('vocab')
+        if ckpt_vocab is not None and ckpt_vocab != vocab:
+            raise UserError(f"the vocabulary in {data_dir}/meta.json ({vocab['tokenizer']}, {vocab['vocab_size']} "
+                            f"tokens) differs from the checkpoint's ({ckpt_vocab['tokenizer']}, "
+                            f"{ckpt_vocab['vocab_size']} tokens): train on the dataset the checkpoint was trained on")
+        # the architecture is the checkpoint's; the config can only shrink the context
+        for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+            model_args[k] = ckpt['model_args'][k]
+        if cfg.block_size > model_args['block_size']:
+            raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
+                            f"{model_args['block_size']}; use --block_size={model_args['block_size']} or less")
+        model = GPT(GPTConfig(**model_args))
+        model.load_state_dict(ckpt['model'])
+        if cfg.init_from == 'resume':
+            iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
+            if 'optimizer' not in ckpt:
+                raise UserError(f"{ckpt_path} holds weights only and cannot resume training; "
+                                f"pass it as --init_from={ckpt_path} to start a new run from it")
+    elif cfg.init_from.startswith('gpt2') or os.path.isdir(cfg.init_from):
+        print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
+        if vocab['tokenizer'] != 'gpt2':
+            raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
+        model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout))
+        for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+            model_args[k] = getattr(model.config, k)
+    else:
+        raise ConfigError(f"init_from must be 'scratch', 'resume', 'gpt2*' or an existing checkpoint "
+                          f"file or directory, got {cfg.init_from!r}")
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
+        model_args['block_size'] = cfg.block_size
+    model.to(device)
+    print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+
+    # float16 needs loss scaling to keep small gradients from flushing to zero; a no-op otherwise
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    torch.manual_seed(cfg.seed + launch.rank)
+    loader_generator.manual_seed(cfg.seed + launch.rank)
+    if cfg.init_from == 'resume':
+        optimizer.load_state_dict(ckpt['optimizer'])
+        if ckpt.get('scaler'):
+            scaler.load_state_dict(ckpt['scaler'])
+        rng = ckpt.get('rng') or []
+        if len(rng) == launch.world_size:
+            checkpoint.set_rng_state(rng[launch.rank], loader_generator)
+        else:  # another world size: each rank's stream cannot continue, so start fresh ones
+            print0(f"note: checkpoint has random states for {len(rng)} rank(s), this run has "
+                   f"{launch.world_size}; data order will differ from an uninterrupted run")
+            torch.manual_seed(cfg.seed + launch.rank + iter_num)
+            loader_generator.manual_seed(cfg.seed + launch.rank + iter_num)
+    ckpt = None  # free the memory
+
+    raw_model = model
+    if compile_model:
+        print0("compiling the model... (takes a ~minute)")
+        model = torch.compile(model)
+    if launch.ddp:
+        model = DDP(model, device_ids=[launch.local_rank] if device_type == 'cuda' else None)
+
+    # -------------------------------------------------------------------------
+    # helpers that close over the run's state
+
+    @torch.no_grad()
+    def estimate_loss():
+        """Mean loss over eval_iters batches per split, shared among the ranks.
+
+        The batches come from their own generator, seeded the same way every time, so
+        successive evaluations measure the same data and evaluating never moves the
+        training stream (which keeps resumed runs exact)."""
+        out = {}
+        model.eval()
+        for split in ('train', 'val'):
+            batches = make_batches(split, torch.Generator().manual_seed(cfg.seed + 1_000_000 + launch.rank))
+            n = max(1, cfg.eval_iters // launch.world_size)
+            losses = torch.zeros(n)
+            for k in range(n):
+                X, Y = batches.next()
+                with autocast:
+                    _, loss = model(X, Y)
+                losses[k] = loss.item()
+            out[split] = distributed.all_average(losses.mean().item(), launch, device)
+        model.train()
+        return out
+
+    def get_lr(it):
+        if not cfg.decay_lr:
+            return cfg.learning_rate
+        if it < cfg.warmup_iters:  # linear warmup
+            return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+        if it > cfg.lr_decay_iters:
+            return cfg.min_lr
+        # cosine decay from learning_rate down to min_lr
+        decay_ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+        coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+        return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+    # The first iteration whose loss was not finite, or -1. Kept on the device and read
+    # only when the loop syncs anyway (logging, checkpointing), so it costs no stall.
+    first_bad_iter = torch.tensor(-1, device=device)
+    last_good_ckpt = None
+
+    def check_finite(it):
+        bad = first_bad_iter.clone()
+        if launch.ddp:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item() >= 0:
+            where = f"the last good checkpoint is {last_good_ckpt}" if last_good_ckpt else "no checkpoint was saved"
+            raise UserError(f"loss became non-finite (NaN or inf) at iteration {bad.item()} "
+                            f"(checked at {it}); stopped without saving; {where}. "
+                            f"Try a lower learning_rate, grad_clip, or dtype=bfloat16")
+
+    def save_checkpoint(name):
+        """Rank 0 writes the whole state; every rank must call this (it gathers their random states)."""
+        nonlocal last_good_ckpt
+        check_finite(iter_num)  # never overwrite a good checkpoint with a NaN model
+        rng = checkpoint.rng_state(loader_generator)
+        if launch.ddp:
+            all_rng = [None] * launch.world_size
+            torch.distributed.all_gather_object(all_rng, rng)
+        else:
+            all_rng = [rng]
+        if master:
+            state = {
+                'model': raw_model.state_dict(),
+                'optimizer': optimizer.state_dict(),
+                'scaler': scaler.state_dict(),
+                'model_args': checkpoint.check_json(model_args),
+                'iter_num': iter_num,
+                'best_val_loss': best_val_loss,
+                'config': checkpoint.check_json(vars(cfg)),
+                'vocab': checkpoint.check_json(vocab),
+                'rng': all_rng,
+                'format_version': checkpoint.FORMAT_VERSION,
+            }
+            path = os.path.join(cfg.out_dir, name)
+            print0(f"saving checkpoint to {path}")
+            try:
+                checkpoint.save(state, path)
+            except OSError as e:
+                raise UserError(f"could not write {path} ({e.strerror}); the previous checkpoint "
+                                f"is untouched. Free some disk space and resume") from None
+            if name == 'ckpt.pt':
+                last_good_ckpt = path
+
+    def is_snapshot_iter(it):
+        return it in cfg.ckpt_iters or (cfg.ckpt_every > 0 and it % cfg.ckpt_every == 0)
+
+    def rotate_snapshots():
+        snapshots = sorted(f for f in os.listdir(cfg.out_dir) if re.fullmatch(r'ckpt_\d{7,}\.pt', f))
+        for old in snapshots[:-cfg.keep_last]:
+            os.remove(os.path.join(cfg.out_dir, old))
+
+    # -------------------------------------------------------------------------
+    # training loop
+    wandb = None
+    if cfg.wandb_log and master:
+        import wandb
+        wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
+    peak_flops = device_peak_flops(device, cfg.dtype)
+    stop_signal = distributed.StopSignal()
+    start_iter = iter_num
+    running_mfu = None
+    loss_sum = torch.zeros((), device=device)
+    t_log, iters_since_log = time.time(), 0
+    while True:
+        lr = get_lr(iter_num)
+        for param_group in optimizer.param_groups:
+            param_group['lr'] = lr
+
+        # evaluate the loss on train/val sets and write checkpoints
+        if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
+            check_finite(iter_num)
+            losses = estimate_loss()
+            print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
+            if wandb:
+                wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
+                           "lr": lr, "mfu": (running_mfu or 0) * 100})
+            if losses['val'] < best_val_loss or cfg.always_save_checkpoint:
+                best_val_loss = min(best_val_loss, losses['val'])
+                if iter_num > start_iter:
+                    save_checkpoint('ckpt.pt')
+        if is_snapshot_iter(iter_num) and iter_num > start_iter:
+            save_checkpoint(f'ckpt_{iter_num:07d}.pt')
+            if master and cfg.keep_last:
+                rotate_snapshots()
+        if cfg.eval_only or iter_num >= cfg.max_iters:
+            break
+
+        # forward/backward with gradient accumulation, then one optimizer step
+        X, Y = train_batches.next()
+        for micro_step in range(grad_accum):
+            if launch.ddp:
+                # sync gradients only on the last micro-step: the others would all-reduce for nothing
+                model.require_backward_grad_sync = (micro_step == grad_accum - 1)
+            with autocast:
+                _, loss = model(X, Y)
+                loss = loss / grad_accum  # the sum over micro-steps is then the mean loss
+            if micro_step < grad_accum - 1:
+                X, Y = train_batches.next()  # fetch the next batch while the GPU works on this one
+            scaler.scale(loss).backward()
+            loss_sum += loss.detach()
+        if cfg.grad_clip != 0.0:
+            scaler.unscale_(optimizer)  # clip the true gradients, not the scaled ones
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss.detach()), iter_num, first_bad_iter)
+        iter_num += 1
+        iters_since_log += 1
+
+        if iter_num % cfg.log_interval == 0:
+            check_finite(iter_num)
+            lossf = loss_sum.item() / iters_since_log  # .item() waits for the GPU, so the timing is true
+            dt = (time.time() - t_log) / iters_since_log
+            if iters_since_log == cfg.log_interval and iter_num - start_iter > 5:  # let the first iterations warm up
+                mfu = raw_model.estimate_mfu(tokens_per_iter // launch.world_size, dt, peak_flops)
+                if mfu is not None:
+                    running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
+            mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu is not None else "n/a"
+            print0(f"iter {iter_num - 1}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
+                   f"tok/s {tokens_per_iter / dt:,.0f}, mfu {mfu_text}")
+            loss_sum.zero_()
+            t_log, iters_since_log = time.time(), 0
+
+        if stop_signal.should_stop(launch, device):
+            print0(f"received {stop_signal.received or 'a stop signal on another rank'}: "
+                   f"saving a checkpoint at iteration {iter_num} and exiting")
+            save_checkpoint('ckpt.pt')
+            if master and distributed.requeue_slurm_job():
+                print0("requeued the SLURM job; it will resume from the checkpoint")
+            break
+
+    print0(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}")
+    if wandb:
+        wandb.finish()
+    distributed.cleanup(launch)
+
+
+if __name__ == '__main__':
+    configurator.run(main, sys.argv[1:])
