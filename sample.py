@@ -1,0 +1,177 @@
+"""
+Sample from a trained model (or from OpenAI's GPT-2 weights):
+
+$ python sample.py --out_dir=out-shakespeare-char
+$ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --stream=True
+$ python sample.py --init_from=out/model.pt --start=FILE:prompt.txt --top_p=0.9
+"""
+
+import codecs
+import os
+import re
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+import checkpoint
+import configurator
+from configurator import ConfigError, UserError
+from model import GPT, GPTConfig
+from train import read_vocab, resolve_device, resolve_dtype
+
+# -----------------------------------------------------------------------------
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
+out_dir = 'out'  # ignored if init_from is not 'resume'
+start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
+num_samples = 10  # number of samples to draw
+max_new_tokens = 500  # number of tokens generated in each sample
+temperature = 0.8  # 1.0 = no change, < 1.0 = less random, > 1.0 = more random; 0 = always the most likely token
+top_k = 200  # retain only the top_k most likely tokens (None: all)
+top_p = 1.0  # retain the smallest set of tokens whose probabilities sum to top_p (nucleus sampling; 1.0: all)
+kv_cache = True  # reuse past keys/values: same tokens, much faster; False recomputes the context every step
+stream = False  # print each token as it is generated
+seed = 1337
+device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps'; auto: cuda if available, else mps, else cpu
+dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float32 on CPU
+compile = False  # use PyTorch 2.0 to compile the model to be faster
+# -----------------------------------------------------------------------------
+DEFAULTS = configurator.defaults_from(globals())
+
+
+class Codec:
+    """Text <-> token ids for a model's vocabulary: characters (with meta.json's itos) or a tiktoken BPE."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+        if vocab['tokenizer'] == 'char':
+            self.itos = vocab['itos']
+            self.stoi = {s: i for i, s in enumerate(self.itos)}
+            # symbols longer than one character, such as <|endoftext|>, are matched whole
+            specials = sorted((s for s in self.itos if len(s) > 1), key=len, reverse=True)
+            self.special_re = re.compile('|'.join(map(re.escape, specials))) if specials else None
+        else:
+            self.enc = get_encoding(vocab['tokenizer'])
+
+    def encode(self, text):
+        if self.vocab['tokenizer'] != 'char':
+            return self.enc.encode(text, allowed_special={'<|endoftext|>'})
+        pieces = self.special_re.split(text) if self.special_re else [text]
+        specials = self.special_re.findall(text) if self.special_re else []
+        unknown = sorted({c for piece in pieces for c in piece if c not in self.stoi})
+        if unknown:
+            raise UserError(f"the prompt has characters the model's vocabulary lacks: "
+                            f"{' '.join(repr(c) for c in unknown)}")
+        ids = []
+        for i, piece in enumerate(pieces):
+            ids.extend(self.stoi[c] for c in piece)
+            if i < len(specials):
+                ids.append(self.stoi[specials[i]])
+        return ids
+
+    def decoder(self):
+        """A function from one token id to the text it completes. BPE tokens can split a UTF-8
+        character, so bytes wait in an incremental decoder until the character is whole."""
+        if self.vocab['tokenizer'] == 'char':
+            return lambda i: self.itos[i]
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        return lambda i: utf8.decode(self.enc.decode_single_token_bytes(i))
+
+    def decode(self, ids):
+        piece = self.decoder()
+        return ''.join(piece(i) for i in ids)
+
+
+def get_encoding(name):
+    import tiktoken
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # tiktoken fetches its files on first use and raises many kinds of errors offline
+        raise UserError(f"could not load the {name} tokenizer ({type(e).__name__}); offline, point "
+                        f"TIKTOKEN_CACHE_DIR at a folder seeded on a machine with internet (see README)") from None
+
+
+def load_model(cfg, device):
+    """The model and its vocabulary, from a checkpoint or from GPT-2 weights."""
+    if cfg.init_from == 'resume' or os.path.isfile(cfg.init_from):
+        path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
+        ckpt = checkpoint.load(path, map_location=device)
+        args = ckpt['model_args']
+        model = GPT(GPTConfig(**{k: args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')}))
+        model.load_state_dict(ckpt['model'])
+        vocab = ckpt.get('vocab')
+        if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
+            vocab = read_vocab(os.path.join('data', ckpt.get('config', {}).get('dataset', '')))
+        return model, vocab
+    if cfg.init_from.startswith('gpt2') or os.path.isdir(cfg.init_from):
+        return GPT.from_pretrained(cfg.init_from, dict(dropout=0.0)), {'tokenizer': 'gpt2', 'vocab_size': 50257}
+    raise ConfigError(f"init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got {cfg.init_from!r}")
+
+
+def check_sampling(cfg):
+    if cfg.temperature < 0:
+        raise ConfigError(f"temperature must be >= 0, got {cfg.temperature}")
+    if cfg.top_k is not None and (not isinstance(cfg.top_k, int) or cfg.top_k < 1):
+        raise ConfigError(f"top_k must be a positive integer or None, got {cfg.top_k!r}")
+    if not 0.0 < cfg.top_p <= 1.0:
+        raise ConfigError(f"top_p must be in (0, 1], got {cfg.top_p}")
+    if cfg.num_samples < 1 or cfg.max_new_tokens < 1:
+        raise ConfigError("num_samples and max_new_tokens must be at least 1")
+
+
+def main(argv):
+    cfg = SimpleNamespace(**configurator.configure(DEFAULTS, argv))
+    check_sampling(cfg)
+    device = resolve_device(cfg.device)
+    device_type = device.split(':')[0]
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16,
+               'float16': torch.float16}[resolve_dtype(cfg.dtype, device_type)]
+    torch.manual_seed(cfg.seed)
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+    model, vocab = load_model(cfg, device)
+    model.eval()
+    model.to(device)
+    if cfg.compile:
+        model = torch.compile(model)
+    codec = Codec(vocab)
+
+    prompt = cfg.start
+    if prompt.startswith('FILE:'):
+        path = prompt[5:]
+        if not os.path.isfile(path):
+            raise UserError(f"prompt file not found: {path}")
+        with open(path, encoding='utf-8') as f:
+            prompt = f.read()
+    start_ids = codec.encode(prompt)
+    if not start_ids:
+        raise UserError("the prompt is empty; pass some text with --start")
+    x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+
+    n_tokens, t0 = 0, time.time()
+    with torch.no_grad(), autocast:
+        for _ in range(cfg.num_samples):
+            tokens = model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                           cfg.top_p, kv_cache=cfg.kv_cache)
+            if cfg.stream:
+                decode = codec.decoder()
+                print(prompt, end='', flush=True)
+                for token in tokens:
+                    print(decode(token.item()), end='', flush=True)
+                print()
+            else:  # keep the tokens on the device until the end: no host sync per step
+                print(prompt + codec.decode(torch.cat(list(tokens), dim=1)[0].tolist()))
+            print('---------------')
+            n_tokens += cfg.max_new_tokens
+    dt = time.time() - t0
+    print(f"generated {n_tokens} tokens in {dt:.2f}s ({n_tokens / dt:.1f} tokens/s, "
+          f"kv_cache={cfg.kv_cache})", file=sys.stderr)
+
+
+if __name__ == '__main__':
+    configurator.run(main, sys.argv[1:])
