@@ -1,0 +1,225 @@
+"""Character-level tokenization of corpora of any size, in two streamed passes over chunks of the text.
+
+Pass 1 (scan_chunk) finds, per chunk, the characters used and the length of each document in
+characters. The vocabulary is the sorted set of characters, as in nanoGPT (plus <|endoftext|> in
+stories mode), and the lengths fix where each chunk's tokens go in train.bin / val.bin.
+Pass 2 (encode_chunk) encodes each chunk and writes its tokens straight into the pre-sized output
+files at the offsets from pass 1. Neither pass holds more than a chunk (and its token array) per
+worker, so memory does not grow with the corpus, and every chunk is independent, so the chunks run
+as Ray tasks on any number of workers with byte-identical output.
+
+Both passes work on the raw UTF-8 bytes with numpy. Decoding to a Python str and re-encoding to
+UTF-32 costs ~4x more than the whole encoder; instead ASCII bytes map to ids through bytes.translate
+(ASCII characters sort first, so their ids are < 128), and the few multi-byte characters are decoded
+from their byte positions, vectorised, and patched in.
+
+Two modes:
+- chars mode (stories=False, shakespeare_char): the text is one stream; the first (1 - val_fraction)
+  of its characters go to train.bin and the rest to val.bin, exactly nanoGPT's split.
+- stories mode (stories=True, tinystories_char): documents are separated by "<|endoftext|>" in .txt
+  files (and are the rows of .jsonl / .parquet / datasets). Each separator becomes ONE vocabulary
+  symbol, "<|endoftext|>", the last id; it ends every document (one is added after a file's last
+  document if the file does not end with one). The text around it (TinyStories puts it on a line of
+  its own) is kept, so decoding gives back the input's layout. Whole documents go to val.bin with
+  probability val_fraction, decided by a hash of (seed, document index): no document straddles the
+  split.
+"""
+import numpy as np
+
+from data.pipeline import (SEPARATOR, Output, UserError, Workers, chunk_nbytes, dtype_for, progress, read_range,
+                           val_mask, write_at)
+
+SEP = SEPARATOR.encode()
+NO_INT = np.zeros(0, np.int64)
+
+
+# ----------------------------------------------------------------------------- per chunk (run in workers)
+
+def _chunk_bytes(chunk, stories):
+    """(buf, n, where): the chunk's UTF-8 bytes, how many of them to use, and a name for errors."""
+    if chunk[0] == 'texts':
+        try:  # rows are documents: join them with the separator so both kinds of input take one path
+            buf = (SEPARATOR.join(chunk[1]) + SEPARATOR).encode('utf-8') if stories else ''.join(chunk[1]).encode('utf-8')
+        except UnicodeEncodeError as e:
+            raise UserError(f"a document is not valid Unicode text: {e}")
+        return buf, len(buf), 'a row batch', 0
+    _, path, start, end, last = chunk
+    buf = read_range(path, start, end)
+    n = len(buf)
+    if stories and last:  # drop a whitespace-only remainder after the file's last separator
+        i = buf.rfind(SEP)
+        tail = i + len(SEP) if i >= 0 else 0
+        if not buf[tail:].strip():
+            n = tail
+    return buf, n, path, start
+
+
+def _utf8(u8, ascii_only, where, base):
+    """Positions of the multi-byte characters' lead bytes, their code points, and the positions of all
+    continuation bytes, for a UTF-8 buffer. Invalid UTF-8 is a UserError. Only the non-ASCII bytes are
+    touched after one vectorised scan, so mostly-ASCII text costs little."""
+    if ascii_only:
+        return NO_INT, NO_INT.astype(np.uint32), NO_INT
+    hi = np.flatnonzero(u8 >= 0x80)
+    b = u8[hi]
+    lead, cont = hi[b >= 0xC0], hi[b < 0xC0]
+    lb = u8[lead].astype(np.uint32)
+    width = 2 + (lb >= 0xE0) + (lb >= 0xF0)
+    last = len(u8) - 1
+    c1, c2, c3 = (u8[np.minimum(lead + k, last)].astype(np.uint32) & 0x3F for k in (1, 2, 3))
+    cp = np.where(width == 2, ((lb & 0x1F) << 6) | c1,
+                  np.where(width == 3, ((lb & 0x0F) << 12) | (c1 << 6) | c2,
+                           ((lb & 0x07) << 18) | (c1 << 12) | (c2 << 6) | c3))
+    # valid iff every lead is followed by exactly width-1 continuation bytes, there are no other
+    # continuation bytes, and the code point is not overlong, a surrogate or beyond U+10FFFF
+    ok = (len(cont) == int((width - 1).sum())) and bool(np.all(lb <= 0xF4))
+    if ok and len(lead):
+        for k in (1, 2, 3):
+            need = width > k
+            pos = lead[need] + k
+            ok = ok and bool(np.all(pos <= last)) and bool(np.all((u8[np.minimum(pos, last)] & 0xC0) == 0x80))
+        minimum = np.array([0, 0, 0x80, 0x800, 0x10000], np.uint32)[width]
+        ok = ok and bool(np.all((cp >= minimum) & (cp <= 0x10FFFF) & ((cp < 0xD800) | (cp > 0xDFFF))))
+    if not ok:
+        raise UserError(f"{where} is not valid UTF-8 (in the bytes from offset {base})")
+    return lead, cp, cont
+
+
+def _find_all(u8, pattern):
+    """Start positions of the (non-overlapping) occurrences of a byte pattern, vectorised."""
+    p = np.frombuffer(pattern, np.uint8)
+    cand = np.flatnonzero(u8[:len(u8) - len(p) + 1] == p[0])
+    for k in range(1, len(p)):
+        cand = cand[u8[cand + k] == p[k]]
+    return cand
+
+
+def _documents(n, seps, cont):
+    """Character length of each document (between separators) and whether the last one has no separator."""
+    starts = np.concatenate([[0], seps + len(SEP)])
+    ends = np.concatenate([seps, [n]])
+    open_end = ends[-1] > starts[-1]  # text after the last separator: a document that needs its own EOT
+    if not open_end:
+        starts, ends = starts[:-1], ends[:-1]
+    lens = (ends - starts) - (np.searchsorted(cont, ends) - np.searchsorted(cont, starts))
+    return lens, open_end
+
+
+def scan_chunk(chunk, stories):
+    """Pass 1: (bytes scanned, sorted code points used, document lengths in characters)."""
+    buf, n, where, base = _chunk_bytes(chunk, stories)
+    u8 = np.frombuffer(buf, np.uint8, count=n)
+    lead, cp, cont = _utf8(u8, buf.isascii(), where, base)
+    seen = np.zeros(256, bool)
+    seen[u8] = True  # the ASCII characters used (bytes >= 0x80 are looked at through cp)
+    if stories:
+        seps = _find_all(u8, SEP)
+        for c in set(SEP):  # a character that only occurs inside separators is not in the vocabulary
+            if seen[c] and buf.count(bytes([c]), 0, n) == len(seps) * SEP.count(c):
+                seen[c] = False
+        lens, _ = _documents(n, seps, cont)
+    else:
+        lens = np.array([n - len(cont)], np.int64)
+    present = np.union1d(np.flatnonzero(seen[:128]), cp).astype(np.uint32)
+    return len(buf), present, lens
+
+
+def encode_chunk(chunk, stories, lut, eot, dtype, plan, paths):
+    """Pass 2: encode a chunk and write its tokens into the pre-sized train/val files at plan's offsets."""
+    buf, n, where, base = _chunk_bytes(chunk, stories)
+    u8 = np.frombuffer(buf, np.uint8, count=n)
+    lead, cp, cont = _utf8(u8, buf.isascii(), where, base)
+    table = np.zeros(256, np.uint8)
+    table[:128] = lut[:128]  # ASCII ids are < 128: one bytes.translate maps them all
+    ids = np.frombuffer(buf.translate(table.tobytes()), np.uint8, count=n).astype(dtype)
+    ids[lead] = lut[cp]
+    drop = cont
+    if stories:
+        seps = _find_all(u8, SEP)
+        ids[seps] = eot  # the separator's first byte becomes <|endoftext|>, its other bytes go
+        drop = np.concatenate([cont, (seps[:, None] + np.arange(1, len(SEP))).ravel()])
+        lens, open_end = _documents(n, seps, cont)
+    if len(drop):
+        keep = np.ones(n, bool)
+        keep[drop] = False
+        ids = ids[keep]
+    if stories:
+        if open_end:
+            ids = np.append(ids, np.array([eot], dtype))
+        doc_start, train_off, val_off, seed, val_fraction = plan
+        is_val = val_mask(doc_start, len(lens), seed, val_fraction)
+        if is_val.any():
+            tok_val = np.repeat(is_val, lens + 1)
+            train, val = ids[~tok_val], ids[tok_val]
+        else:
+            train, val = ids, ids[:0]
+    else:
+        char_start, n_train = plan
+        k = min(max(n_train - char_start, 0), len(ids))
+        train, val = ids[:k], ids[k:]
+        train_off, val_off = char_start, char_start + k - n_train
+    for arr, off, path in ((train, train_off, paths['train']), (val, val_off, paths['val'])):
+        if len(arr):
+            write_at(path, off, arr)
+    return len(buf)
+
+
+# ----------------------------------------------------------------------------- driver
+
+def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk_size=16 << 20, ray_address=None):
+    """Write out_dir/train.bin, val.bin and meta.json for a Corpus. Returns meta."""
+    sep = SEPARATOR if stories else None
+    with Workers(num_workers, ray_address) as workers, Output(out_dir) as out:
+        # pass 1: vocabulary and, per chunk, where its tokens go
+        used = np.zeros(0x110000, bool)
+        plan, n_docs, n_train_tok, n_val_tok, total = [], 0, 0, 0, 0
+        with progress(corpus.total_bytes, 'pass 1/2 vocabulary') as bar:
+            for nbytes, present, lens in workers.map(scan_chunk, ((c, stories) for c in corpus.chunks(chunk_size, sep))):
+                used[present] = True
+                if stories:
+                    tok = lens + 1  # every document ends with <|endoftext|>
+                    v = int(tok[val_mask(n_docs, len(lens), seed, val_fraction)].sum())
+                    plan.append((n_docs, n_train_tok, n_val_tok, seed, val_fraction))
+                    n_docs, n_train_tok, n_val_tok = n_docs + len(lens), n_train_tok + int(tok.sum()) - v, n_val_tok + v
+                else:
+                    plan.append(n_train_tok)  # characters before this chunk (train/val decided below)
+                    n_train_tok += int(lens[0])
+                total += nbytes
+                bar.update(nbytes)
+        if not stories:  # nanoGPT's split: the first 90% of the characters, the last 10%
+            n_chars = n_train_tok
+            n_train_tok = int(n_chars * (1 - val_fraction))
+            n_val_tok = n_chars - n_train_tok
+            plan = [(start, n_train_tok) for start in plan]
+        if n_train_tok + n_val_tok == 0:
+            raise UserError(f"no text found in {corpus.name}")
+        chars = [chr(c) for c in np.flatnonzero(used)]
+        itos = chars + [SEPARATOR] if stories else chars
+        dtype = dtype_for(len(itos))
+        lut = np.zeros(0x110000, dtype)
+        lut[np.flatnonzero(used)] = np.arange(len(chars), dtype=dtype)
+        eot = len(chars) if stories else -1
+
+        # pass 2: encode every chunk into its slice of the pre-sized files
+        out.presize('train', n_train_tok, dtype)
+        out.presize('val', n_val_tok, dtype)
+        lut_ref = workers.put(lut)
+        args = ((c, stories, lut_ref, eot, dtype, p, out.tmp) for c, p in zip(corpus.chunks(chunk_size, sep), plan))
+        with progress(total, 'pass 2/2 encode') as bar:
+            for nbytes in workers.map(encode_chunk, args):
+                bar.update(nbytes)
+
+        meta = dict(tokenizer='char', vocab_size=len(itos), dtype=np.dtype(dtype).name, itos=itos,
+                    train_tokens=n_train_tok, val_tokens=n_val_tok, source=corpus.name,
+                    separator=SEPARATOR if stories else None, eot_token=eot if stories else None)
+        if stories:
+            meta.update(documents=n_docs, val_fraction=val_fraction, seed=seed)
+        out.commit(meta)
+    print(f"wrote {out_dir}: vocab {len(itos)} ({meta['dtype']}), train {n_train_tok:,} tokens, "
+          f"val {n_val_tok:,} tokens, from {total / 1e6:.1f} MB")
+    return meta
+
+
+def decode(ids, itos):
+    """Tokens back to text (tests and sample.py's char decoding)."""
+    return ''.join(itos[i] for i in ids)

@@ -1,0 +1,386 @@
+"""The shared engine of the data preparation scripts (char.py and bpe.py build on it).
+
+What lives here, once:
+- user errors: UserError and cli(), which turns one into a single line on stderr and exit code 1;
+- input sources: local files (.txt, .jsonl, .jsonl.gz, .parquet) and Hugging Face datasets, cut into
+  chunks of about --chunk_size bytes so that memory stays bounded whatever the corpus size;
+- Workers: an ordered, bounded map over Ray tasks (or plain in-process calls for one worker);
+- the train/val split by documents with a fixed seed (val_mask);
+- the output: train.bin / val.bin written to temporary files and renamed into place at the end,
+  meta.json beside them.
+"""
+import argparse
+import collections
+import gzip
+import json
+import os
+import sys
+
+import numpy as np
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEXT_EXTS = ('.txt',)
+ROW_EXTS = ('.jsonl', '.jsonl.gz', '.parquet')
+MiB = 1 << 20
+
+
+class UserError(Exception):
+    """A problem the user can fix (a path, an option, no network). Reported in one line, no traceback."""
+
+
+def cli(main):
+    """Run main(); a UserError becomes one line on stderr and exit status 1."""
+    try:
+        main()
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+
+
+def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, num_workers=os.cpu_count() or 1):
+    p.add_argument('--input', nargs='+', metavar='PATH',
+                   help='local files instead of downloading: .txt, .jsonl, .jsonl.gz or .parquet (a "text" field)')
+    p.add_argument('--out_dir', default=out_dir, help='where train.bin, val.bin and meta.json go (default: %(default)s)')
+    p.add_argument('--num_workers', type=int, default=num_workers,
+                   help='parallel workers (Ray tasks); 1 runs in this process without starting Ray (default: %(default)s)')
+    p.add_argument('--chunk_size', type=parse_size, default=chunk_size,
+                   help='bytes of text per task, e.g. 16M or 1000000 (default: %(default)s)')
+    p.add_argument('--ray_address', default=None,
+                   help='join a running Ray cluster (e.g. "auto" or host:port) instead of starting a local one')
+    p.add_argument('--val_fraction', type=float, default=val_fraction,
+                   help='fraction of documents that go to val.bin (default: %(default)s)')
+    p.add_argument('--seed', type=int, default=seed, help='seed of the train/val split (default: %(default)s)')
+    return p
+
+
+def parse_size(s):
+    """'16M' -> 16 MiB, '512K' -> 512 KiB, '1000' -> 1000 bytes."""
+    units = {'K': 1 << 10, 'M': 1 << 20, 'G': 1 << 30}
+    s = str(s).strip().upper().rstrip('B')
+    try:
+        n = int(float(s[:-1]) * units[s[-1]]) if s and s[-1] in units else int(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a size: {s!r} (use e.g. 16M, 512K or a number of bytes)")
+    if n < 64:
+        raise argparse.ArgumentTypeError("chunk size must be at least 64 bytes")
+    return n
+
+
+def check_args(args):
+    if args.num_workers < 1:
+        raise UserError("--num_workers must be at least 1")
+    if not 0.0 <= args.val_fraction < 1.0:
+        raise UserError("--val_fraction must be in [0, 1)")
+
+
+# ----------------------------------------------------------------------------- input sources
+
+def check_inputs(paths, exts=TEXT_EXTS + ROW_EXTS):
+    """Fail early, in one line, on a missing file or an extension we cannot read."""
+    for p in paths:
+        if not os.path.isfile(p):
+            raise UserError(f"input file not found: {p}")
+        if not p.lower().endswith(exts):
+            raise UserError(f"unsupported input {p}: expected one of {', '.join(exts)}")
+    return list(paths)
+
+
+def is_text_file(path):
+    return path.lower().endswith(TEXT_EXTS)
+
+
+def text_ranges(path, chunk_size, sep=None):
+    """Cut a text file into byte ranges of about chunk_size. A range never splits a UTF-8 character and,
+    when sep is given, always ends just after a separator (or at the end of the file), so that no
+    document is cut in two. Only a few bytes around each boundary are read here."""
+    size = os.path.getsize(path)
+    start = 0
+    with open(path, 'rb') as f:
+        while start < size:
+            end = min(start + chunk_size, size)
+            if end < size:
+                end = _next_boundary(f, end, size, sep)
+            yield start, end
+            start = end
+
+
+def _next_boundary(f, pos, size, sep):
+    if sep is None:  # step over UTF-8 continuation bytes (0b10xxxxxx)
+        f.seek(pos)
+        for i, b in enumerate(f.read(4)):
+            if b & 0xC0 != 0x80:
+                return pos + i
+        return min(pos + 4, size)
+    pos = max(pos - len(sep) + 1, 0)  # a separator may straddle the nominal boundary
+    while pos < size:
+        f.seek(pos)
+        window = f.read(MiB)
+        i = window.find(sep)
+        if i >= 0:
+            return pos + i + len(sep)
+        pos += len(window) - len(sep) + 1
+    return size
+
+
+def read_range(path, start, end):
+    with open(path, 'rb') as f:
+        f.seek(start)
+        return f.read(end - start)
+
+
+def iter_row_batches(path, batch_bytes):
+    """Lists of documents (the "text" field) of about batch_bytes characters from .jsonl(.gz) or .parquet."""
+    batch, n = [], 0
+    for text in _iter_texts(path):
+        batch.append(text)
+        n += len(text)
+        if n >= batch_bytes:
+            yield batch
+            batch, n = [], 0
+    if batch:
+        yield batch
+
+
+def _iter_texts(path):
+    if path.lower().endswith('.parquet'):
+        import pyarrow.parquet as pq
+        pf = pq.ParquetFile(path)
+        if 'text' not in pf.schema_arrow.names:
+            raise UserError(f"{path} has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
+        for rb in pf.iter_batches(batch_size=1024, columns=['text']):
+            yield from (t for t in rb.column(0).to_pylist() if t is not None)
+        return
+    opener = gzip.open if path.lower().endswith('.gz') else open
+    try:
+        with opener(path, 'rt', encoding='utf-8') as f:
+            for lineno, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                try:
+                    text = json.loads(line)['text']
+                except (ValueError, KeyError, TypeError):
+                    raise UserError(f"{path}:{lineno}: expected a JSON object with a 'text' field")
+                if text is not None:
+                    yield text
+    except (OSError, UnicodeDecodeError, EOFError) as e:
+        raise UserError(f"cannot read {path}: {e}")
+
+
+def load_hf_dataset(name, config=None, split='train', streaming=False):
+    """A Hugging Face dataset, or a one-line error that says how to work offline."""
+    try:
+        import datasets
+        return datasets.load_dataset(name, config, split=split, streaming=streaming)
+    except Exception as e:  # the hub raises many types (ConnectionError, OfflineModeIsEnabled, ...)
+        first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        raise UserError(f"cannot load the Hugging Face dataset {name}{'/' + config if config else ''} ({first}); "
+                        f"offline, pass local files with --input FILE [FILE ...] (.txt, .jsonl, .jsonl.gz or .parquet "
+                        f"with a 'text' field)")
+
+
+def iter_hf_batches(ds, batch_bytes, rows_per_read=1000):
+    """Lists of documents of about batch_bytes characters from a (streaming or not) HF dataset."""
+    batch, n = [], 0
+    for rows in ds.iter(batch_size=rows_per_read):
+        for text in rows['text']:
+            batch.append(text)
+            n += len(text)
+            if n >= batch_bytes:
+                yield batch
+                batch, n = [], 0
+    if batch:
+        yield batch
+
+
+# ----------------------------------------------------------------------------- workers
+
+class Workers:
+    """An ordered map over worker processes. One worker (and no --ray_address): plain calls in this
+    process, so a small job pays no Ray start-up. Otherwise Ray tasks, at most 2 per worker in flight,
+    so memory stays bounded however many chunks there are. A Ray already initialised in this process
+    (a benchmark, a test fixture) is reused and left running."""
+
+    def __init__(self, num_workers=1, ray_address=None):
+        self.num_workers, self.ray = num_workers, None
+        self.started_ray = False
+        if num_workers <= 1 and ray_address is None:
+            return
+        import ray
+        self.ray = ray
+        if not ray.is_initialized():
+            # the workers import data.* by name: make the repository importable for them
+            os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')]))
+            kw = dict(address=ray_address) if ray_address else dict(
+                num_cpus=num_workers, object_store_memory=max(256 * MiB, 64 * MiB * num_workers))
+            try:
+                ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, **kw)
+            except ConnectionError as e:
+                raise UserError(f"cannot join the Ray cluster at {ray_address}: {e}")
+            self.started_ray = True
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.started_ray:
+            self.ray.shutdown()
+
+    def put(self, obj):
+        """Share a large read-only argument (a lookup table) with every task once."""
+        return self.ray.put(obj) if self.ray else obj
+
+    def map(self, fn, arg_tuples):
+        """Yield fn(*args) for each args, in order."""
+        if self.ray is None:
+            for args in arg_tuples:
+                yield fn(*args)
+            return
+        remote = self.ray.remote(num_cpus=1)(fn)
+        pending = collections.deque()
+        try:
+            for args in arg_tuples:
+                pending.append(remote.remote(*args))
+                if len(pending) >= 2 * self.num_workers:
+                    yield self._get(pending.popleft())
+            while pending:
+                yield self._get(pending.popleft())
+        finally:
+            for ref in pending:  # an error or an early stop: do not leave tasks running
+                self.ray.cancel(ref)
+
+    def _get(self, ref):
+        try:
+            return self.ray.get(ref)
+        except self.ray.exceptions.RayTaskError as e:
+            if isinstance(e.cause, UserError):  # e.g. invalid UTF-8 found by a worker
+                raise UserError(str(e.cause)) from None
+            raise
+
+
+# ----------------------------------------------------------------------------- split and output
+
+def val_mask(first_doc, n_docs, seed, val_fraction):
+    """Which of the documents first_doc .. first_doc+n_docs-1 go to val. A hash of (seed, global document
+    index), so the answer does not depend on how the corpus was cut into chunks or on the worker count."""
+    x = np.arange(first_doc, first_doc + n_docs, dtype=np.uint64)
+    x = x + np.uint64((seed * 0x9E3779B97F4A7C15) % (1 << 64))
+    # splitmix64 finaliser: a cheap, well-mixed 64-bit hash
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    x = x ^ (x >> np.uint64(31))
+    return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)) < val_fraction
+
+
+def dtype_for(vocab_size):
+    return np.uint16 if vocab_size <= 65536 else np.uint32
+
+
+class Output:
+    """train.bin / val.bin / meta.json in out_dir, written as hidden temporary files and renamed into
+    place by commit(), so a failed or interrupted run never leaves half-written bins behind."""
+
+    def __init__(self, out_dir):
+        os.makedirs(out_dir, exist_ok=True)
+        self.out_dir = out_dir
+        self.final = {s: os.path.join(out_dir, f'{s}.bin') for s in ('train', 'val')}
+        self.tmp = {s: os.path.join(out_dir, f'.{s}.bin.{os.getpid()}.tmp') for s in ('train', 'val')}
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        for p in self.tmp.values():  # still there only if commit() did not run
+            if os.path.exists(p):
+                os.remove(p)
+
+    def presize(self, split, n_tokens, dtype):
+        with open(self.tmp[split], 'wb') as f:
+            f.truncate(n_tokens * np.dtype(dtype).itemsize)
+
+    def commit(self, meta):
+        meta_tmp = os.path.join(self.out_dir, f'.meta.json.{os.getpid()}.tmp')
+        with open(meta_tmp, 'w') as f:
+            json.dump(meta, f, ensure_ascii=False)
+        for s in ('train', 'val'):
+            os.replace(self.tmp[s], self.final[s])
+        os.replace(meta_tmp, os.path.join(self.out_dir, 'meta.json'))
+
+
+def write_at(path, offset, arr):
+    """Write arr into the pre-sized file at element offset, in place (the file is a flat np.memmap-able
+    array; os.pwrite is the memmap write without page-faulting the mapping into this process)."""
+    buf = memoryview(np.ascontiguousarray(arr)).cast('B')
+    pos = offset * arr.itemsize
+    with open(path, 'r+b') as f:
+        while len(buf):
+            n = os.pwrite(f.fileno(), buf, pos)
+            buf, pos = buf[n:], pos + n
+
+
+def progress(total, desc, unit='B'):
+    from tqdm import tqdm
+    return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1000, smoothing=0.1,
+                dynamic_ncols=True, file=sys.stderr)
+
+
+# ----------------------------------------------------------------------------- corpus
+
+SEPARATOR = '<|endoftext|>'  # between documents in .txt inputs, as in the TinyStories and OpenWebText dumps
+
+
+class Corpus:
+    """The text to prepare: local files (--input) or a Hugging Face dataset, handed out as chunks of
+    about chunk_size bytes. A chunk is a small description: ('file', path, start, end, last) for a byte
+    range of a .txt file (the worker reads it itself, so the text never passes through this process), or
+    ('texts', [documents]) for rows of .jsonl(.gz) / .parquet / a dataset. chunks() can be called again
+    for a second pass over the same text."""
+
+    def __init__(self, paths=None, dataset=None, name=None):
+        self.paths, self.dataset = paths, dataset
+        self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else getattr(dataset, 'info', None)
+                             and dataset.info.dataset_name)
+        if paths:
+            self.total_bytes = sum(os.path.getsize(p) for p in paths)
+        else:
+            try:  # an estimate (Arrow buffers) for a downloaded dataset; unknown when streaming
+                self.total_bytes = dataset.data.nbytes
+            except AttributeError:
+                self.total_bytes = None
+
+    def chunks(self, chunk_size, sep=SEPARATOR):
+        sep_b = sep.encode() if sep else None
+        if self.dataset is not None:
+            for texts in iter_hf_batches(self.dataset, chunk_size):
+                yield ('texts', texts)
+            return
+        for path in self.paths:
+            if is_text_file(path):
+                ranges = list(text_ranges(path, chunk_size, sep_b))
+                for i, (start, end) in enumerate(ranges):
+                    yield ('file', path, start, end, i == len(ranges) - 1)
+            else:
+                for texts in iter_row_batches(path, chunk_size):
+                    yield ('texts', texts)
+
+
+def chunk_nbytes(chunk):
+    return chunk[3] - chunk[2] if chunk[0] == 'file' else sum(len(t) for t in chunk[1])
+
+
+def file_chunk_documents(chunk):
+    """The documents of a ('file', ...) chunk: the text between separators. The text around a separator
+    is kept as it is; only a whitespace-only remainder after a file's last separator (its final newline)
+    is dropped."""
+    _, path, start, end, last = chunk
+    buf = read_range(path, start, end)
+    try:
+        text = buf.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 (byte {start + e.start})")
+    docs = text.split(SEPARATOR)
+    if docs[-1] == '' or (last and not docs[-1].strip()):
+        docs.pop()
+    return docs
