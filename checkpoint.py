@@ -14,6 +14,7 @@ Usage as a script, to export the weights alone (for sample.py or init_from=<path
     python checkpoint.py export out/ckpt.pt out/model.pt
 """
 
+import glob
 import json
 import os
 import pickle
@@ -32,16 +33,22 @@ FORMAT_VERSION = 1
 def save(state, path):
     """torch.save(state, path), atomically."""
     directory = os.path.dirname(os.path.abspath(path))
-    tmp_path = os.path.join(directory, f".{os.path.basename(path)}.tmp{os.getpid()}")
+    tmp_prefix = f".{os.path.basename(path)}.tmp"
+    for stale in glob.glob(os.path.join(glob.escape(directory), glob.escape(tmp_prefix) + '*')):
+        os.remove(stale)  # left by a save that was killed (SIGKILL cannot be caught)
+    tmp_path = os.path.join(directory, f"{tmp_prefix}{os.getpid()}")
     try:
         with open(tmp_path, 'wb') as f:
             torch.save(state, f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_path, path)
-    except BaseException:  # KeyboardInterrupt too: never leave a half-written file behind
+    except BaseException as e:  # KeyboardInterrupt too: never leave a half-written file behind
         if os.path.exists(tmp_path):
             os.remove(tmp_path)
+        # torch's zip writer, failing again as it closes, hides a full disk's OSError behind a RuntimeError
+        if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
+            raise e.__context__ from None
         raise
     # make the rename itself durable, so a power cut cannot bring back the old file
     dir_fd = os.open(directory, os.O_RDONLY)
@@ -61,7 +68,7 @@ def load(path, map_location='cpu'):
         raise UserError(f"refusing to load {path}: it holds Python objects that only arbitrary "
                         f"unpickling could load ({str(e).splitlines()[-1].strip()}); "
                         f"re-save it with tensors and plain values only") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError) as e:
+    except (RuntimeError, OSError, EOFError, zipfile.BadZipFile, ValueError) as e:
         raise UserError(f"checkpoint {path} is corrupt or truncated ({str(e).splitlines()[0]}); "
                         f"use an earlier checkpoint or start again") from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt:

@@ -1,0 +1,283 @@
+"""train.py and sample.py as a user runs them: end to end on the real tiny shakespeare, exact
+resume after SIGKILL, atomic checkpoints, snapshots, and one-line errors on bad input."""
+
+import argparse
+import hashlib
+import json
+import math
+import re
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+import checkpoint
+from conftest import REPO, TINY_MODEL, run_script
+from train import RandomBatches, read_vocab
+
+TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4',
+         '--log_interval=1', '--learning_rate=3e-3', '--warmup_iters=5', '--lr_decay_iters=40',
+         '--gradient_accumulation_steps=2']
+
+
+def losses_in(log):
+    """{(kind, iteration): numbers} for the train-loss and eval lines of a train.py log."""
+    found = {}
+    for m in re.finditer(r'^iter (\d+): loss ([\d.]+)', log, re.M):
+        found[('iter', int(m[1]))] = m[2]
+    for m in re.finditer(r'^step (\d+): train loss ([\d.]+), val loss ([\d.]+)', log, re.M):
+        found[('step', int(m[1]))] = (m[2], m[3])
+    return found
+
+
+def files_in(directory):
+    return {p.relative_to(directory): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(directory.rglob('*')) if p.is_file()}
+
+
+@pytest.fixture(scope='module')
+def trained(shakespeare_workdir):
+    """A tiny model trained for 20 iterations: out/ckpt.pt in the shakespeare working directory."""
+    run_script('train.py', *TRAIN, '--max_iters=20', '--out_dir=out', cwd=shakespeare_workdir)
+    return shakespeare_workdir
+
+
+@pytest.fixture
+def workdir(trained, tmp_path):
+    """A private copy of the trained working directory, for tests that change files."""
+    return shutil.copytree(trained, tmp_path / 'work')
+
+
+def test_prepare_train_resume_sample_end_to_end(workdir):
+    out = workdir / 'out'
+    first = checkpoint.load(out / 'ckpt.pt')
+    assert first['iter_num'] == 20 and first['vocab']['vocab_size'] == 65
+    assert first['best_val_loss'] < math.log(65) - 0.5  # it learned something in 20 iterations
+    resumed = run_script('train.py', *TRAIN, '--max_iters=30', '--out_dir=out', '--init_from=resume', cwd=workdir)
+    assert 'resuming training from out/ckpt.pt' in resumed.stdout
+    assert checkpoint.load(out / 'ckpt.pt')['iter_num'] == 30
+    assert min(losses_in(resumed.stdout)) == ('iter', 20)  # continued, did not start over
+    sample = run_script('sample.py', '--out_dir=out', '--device=cpu', '--num_samples=2',
+                        '--max_new_tokens=50', '--start=ROMEO:', cwd=workdir)
+    samples = sample.stdout.split('---------------\n')
+    assert len(samples) == 3 and all(s.startswith('ROMEO:') and len(s) >= 56 for s in samples[:2])
+    assert 'tokens/s' in sample.stderr
+
+
+def test_loader_targets_are_inputs_shifted_by_one_and_in_bounds(tmp_path):
+    tokens = np.arange(1000, dtype=np.uint16)  # token value == position makes shifts visible
+    tokens.tofile(tmp_path / 'train.bin')
+    batches = RandomBatches(str(tmp_path / 'train.bin'), 'uint16', block_size=50, batch_size=64,
+                            device='cpu', generator=torch.Generator().manual_seed(0))
+    for _ in range(20):
+        x, y = batches.next()
+        assert x.shape == y.shape == (64, 50) and x.dtype == torch.long
+        assert torch.equal(x[:, 1:], y[:, :-1]) and torch.equal(y, x + 1)
+        assert x.min() >= 0 and y.max() <= 999
+
+
+def test_loader_reads_uint32_tokens(tmp_path):
+    tokens = np.arange(70000, 71000, dtype=np.uint32)
+    tokens.tofile(tmp_path / 'train.bin')
+    batches = RandomBatches(str(tmp_path / 'train.bin'), 'uint32', 8, 2, 'cpu', torch.Generator())
+    x, y = batches.next()
+    assert x.min() >= 70000 and torch.equal(y, x + 1)
+
+
+EXACT = [*TRAIN, '--max_iters=40', '--dropout=0.1', '--always_save_checkpoint=True']
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(shakespeare_workdir, tmp_path_factory):
+    """The reference for exact resume: a 40-iteration run, its checkpoint and its log."""
+    out = tmp_path_factory.mktemp('uninterrupted')
+    log = run_script('train.py', *EXACT, f'--out_dir={out}', cwd=shakespeare_workdir).stdout
+    return checkpoint.load(out / 'ckpt.pt'), log
+
+
+@pytest.mark.parametrize('kill_after', [12, 26, 33])
+def test_resume_after_sigkill_is_bitwise_identical(trained, uninterrupted, tmp_path, kill_after):
+    args = EXACT
+
+    out = tmp_path / 'out'
+    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *args, f'--out_dir={out}'],
+                            cwd=trained, stdout=subprocess.PIPE, text=True)
+    for line in proc.stdout:
+        if line.startswith(f'iter {kill_after}:'):
+            proc.send_signal(signal.SIGKILL)
+            break
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    killed_at = checkpoint.load(out / 'ckpt.pt')['iter_num']
+    assert 10 <= killed_at < 40
+
+    resumed_log = run_script('train.py', *args, f'--out_dir={out}', '--init_from=resume', cwd=trained).stdout
+    (reference, reference_log), resumed = uninterrupted, checkpoint.load(out / 'ckpt.pt')
+    assert resumed['iter_num'] == reference['iter_num'] == 40
+    for name, weights in reference['model'].items():
+        assert torch.equal(resumed['model'][name], weights), name
+    expected = {k: v for k, v in losses_in(reference_log).items() if k[1] >= killed_at}
+    assert losses_in(resumed_log) == expected
+
+
+SAVER = """
+import sys, torch
+sys.path.insert(0, sys.argv[1])
+import checkpoint
+states = [{'model': {'w': torch.full((1 << 20,), float(i))}, 'i': i} for i in range(2)]
+print('ready', flush=True)
+i = 0
+while True:
+    checkpoint.save(states[i % 2], sys.argv[2])
+    i += 1
+"""
+
+
+def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
+    path = tmp_path / 'ckpt.pt'
+    for delay in (0.05, 0.13, 0.21, 0.34, 0.55):
+        proc = subprocess.Popen([sys.executable, '-c', SAVER, str(REPO), str(path)], stdout=subprocess.PIPE, text=True)
+        proc.stdout.readline()
+        time.sleep(delay)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        if path.exists():
+            state = checkpoint.load(path)
+            assert torch.equal(state['model']['w'], torch.full((1 << 20,), float(state['i'])))
+    assert path.exists()
+    # the temporary file of a killed save is cleaned up by the next save
+    checkpoint.save({'model': {}}, path)
+    assert [p.name for p in tmp_path.iterdir()] == ['ckpt.pt']
+
+
+def test_full_disk_during_save_keeps_the_previous_checkpoint(workdir):
+    ckpt_path = workdir / 'out' / 'ckpt.pt'
+    before = files_in(workdir)
+
+    def small_file_limit():  # the checkpoint cannot be written whole: as if the disk were full
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (ckpt_path.stat().st_size // 2,) * 2)
+
+    proc = subprocess.run([sys.executable, str(REPO / 'train.py'), *TRAIN, '--max_iters=30', '--out_dir=out',
+                           '--init_from=resume'], cwd=workdir, capture_output=True, text=True,
+                          preexec_fn=small_file_limit)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "error: could not write out/ckpt.pt (File too large); the previous checkpoint is untouched. "
+        "Free some disk space and resume"]
+    assert files_in(workdir) == before
+
+
+def test_snapshots_are_kept_and_rotated(trained, tmp_path):
+    out = tmp_path / 'out'
+    run_script('train.py', *TRAIN, '--max_iters=25', f'--out_dir={out}', '--ckpt_iters=[3]',
+               '--ckpt_every=5', '--keep_last=3', cwd=trained)
+    assert sorted(p.name for p in out.iterdir()) == ['ckpt.pt', 'ckpt_0000015.pt', 'ckpt_0000020.pt', 'ckpt_0000025.pt']
+    assert checkpoint.load(out / 'ckpt_0000015.pt')['iter_num'] == 15
+
+
+def test_weights_only_export_is_smaller_and_loads_for_sampling_and_finetuning(trained, tmp_path):
+    src, dst = trained / 'out' / 'ckpt.pt', tmp_path / 'model.pt'
+    run_script('checkpoint.py', 'export', src, dst, cwd=trained)
+    assert dst.stat().st_size < 0.45 * src.stat().st_size
+    exported = checkpoint.load(dst)
+    assert 'optimizer' not in exported and 'rng' not in exported
+    greedy = ['--device=cpu', '--num_samples=1', '--max_new_tokens=30', '--temperature=0']
+    from_full = run_script('sample.py', '--out_dir=out', *greedy, cwd=trained).stdout
+    from_export = run_script('sample.py', f'--init_from={dst}', *greedy, cwd=trained).stdout
+    assert from_full == from_export
+    finetuned = run_script('train.py', *TRAIN, '--max_iters=5', f'--out_dir={tmp_path / "ft"}',
+                           f'--init_from={dst}', cwd=trained)
+    assert f'initializing from {dst}' in finetuned.stdout
+    refused = run_script('train.py', *TRAIN, '--max_iters=25', f'--out_dir={tmp_path}', '--init_from=resume',
+                         cwd=trained, check=False)
+    assert refused.returncode == 1 and 'no checkpoint at' in refused.stderr
+
+
+def test_non_finite_loss_stops_without_saving(trained, tmp_path):
+    ckpt = checkpoint.load(trained / 'out' / 'ckpt.pt')
+    ckpt['model']['lm_head.weight'][0, 0] = float('nan')
+    bad = tmp_path / 'nan.pt'
+    checkpoint.save(checkpoint.weights_only(ckpt), bad)
+    out = tmp_path / 'out'
+    proc = run_script('train.py', *TRAIN, '--max_iters=20', f'--out_dir={out}', f'--init_from={bad}',
+                      cwd=trained, check=False)
+    assert proc.returncode == 1
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.match(r"error: loss became non-finite \(NaN or inf\) at iteration 0 .*"
+                                        r"no checkpoint was saved", lines[0])
+    assert not (out / 'ckpt.pt').exists()
+
+
+# -----------------------------------------------------------------------------
+# bad input: one line on stderr, a non-zero exit, no traceback, and no file changed
+
+def corrupt(workdir, change):
+    """Apply a change to the working directory before the run."""
+    ds = workdir / 'data' / 'shakespeare_char'
+    ckpt = workdir / 'out' / 'ckpt.pt'
+    if change == 'no data':
+        shutil.rmtree(ds)
+    elif change == 'odd-sized bin':
+        with open(ds / 'val.bin', 'ab') as f:
+            f.write(b'\0')
+    elif change == 'tiny val':
+        (ds / 'val.bin').write_bytes(np.zeros(20, dtype=np.uint16).tobytes())
+    elif change == 'other vocab':
+        meta = json.loads((ds / 'meta.json').read_text())
+        meta['itos'][0] = 'é'
+        (ds / 'meta.json').write_text(json.dumps(meta))
+    elif change == 'truncated ckpt':
+        ckpt.write_bytes(ckpt.read_bytes()[:5000])
+    elif change == 'pickled ckpt':
+        torch.save({'model': {}, 'args': argparse.Namespace(lr=1e-3)}, ckpt)  # as old scripts did
+    elif change == 'no ckpt':
+        ckpt.unlink()
+    elif change == 'out_dir is a file':
+        (workdir / 'not_a_dir').write_text('')
+
+
+BAD_INPUTS = [
+    ('train.py', [], 'no data', r"data/shakespeare_char/train.bin not found: prepare the dataset first "
+                                r"with `python data/shakespeare_char/prepare.py`"),
+    ('train.py', [], 'odd-sized bin', r"val.bin has \d+ bytes, not a multiple of 2 \(uint16\)"),
+    ('train.py', [], 'tiny val', r"val.bin holds 20 tokens, too few for block_size=32 \(need at least 33\)"),
+    ('train.py', ['--init_from=resume'], 'other vocab', r"the vocabulary in data/shakespeare_char/meta.json "
+                                                        r"\(char, 65 tokens\) differs from the checkpoint's"),
+    ('train.py', ['--init_from=resume', '--block_size=64'], None, r"block_size=64 is larger than the checkpoint's 32"),
+    ('train.py', ['--init_from=resume'], 'no ckpt', r"no checkpoint at out/ckpt.pt"),
+    ('train.py', ['--init_from=resume'], 'truncated ckpt', r"checkpoint out/ckpt.pt is corrupt or truncated"),
+    ('train.py', ['--init_from=resume'], 'pickled ckpt', r"refusing to load out/ckpt.pt: it holds Python objects"),
+    ('train.py', ['--out_dir=not_a_dir/out'], 'out_dir is a file', r"out_dir not_a_dir/out is not writable"),
+    ('train.py', ['--device=cuda'], None, r"device=cuda but no CUDA GPU is available; use --device=cpu"),
+    ('train.py', ['--batch_size=0'], None, r"batch_size must be at least 1, got 0"),
+    ('train.py', ['--block_size=-1'], None, r"block_size must be at least 1, got -1"),
+    ('train.py', ['--eval_iters=0'], None, r"eval_iters must be at least 1, got 0"),
+    ('train.py', ['--max_iters=-5'], None, r"max_iters must be 0 or more, got -5"),
+    ('train.py', ['--learning_rate=0'], None, r"learning_rate must be in \(0, 1\), got 0.0"),
+    ('train.py', ['--learning_rate=5'], None, r"learning_rate must be in \(0, 1\), got 5.0"),
+    ('sample.py', ['--start=Größe'], None, r"the prompt has characters the model's vocabulary lacks: 'ß' 'ö'"),
+    ('sample.py', ['--top_p=0'], None, r"top_p must be in \(0, 1\], got 0"),
+    ('sample.py', ['--start=FILE:missing.txt'], None, r"prompt file not found: missing.txt"),
+    ('sample.py', [], 'truncated ckpt', r"checkpoint out/ckpt.pt is corrupt or truncated"),
+]
+
+
+@pytest.mark.parametrize('script, args, change, message', BAD_INPUTS,
+                         ids=[f"{s}-{c or a[0]}" for s, a, c, _ in BAD_INPUTS])
+def test_bad_input_gets_a_one_line_error_and_changes_nothing(workdir, script, args, change, message):
+    corrupt(workdir, change)
+    before = files_in(workdir)
+    common = [*TRAIN, '--max_iters=30', '--out_dir=out'] if script == 'train.py' else ['--out_dir=out', '--device=cpu']
+    proc = run_script(script, *common, *args, cwd=workdir, check=False)
+    assert proc.returncode != 0, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert re.search(message, lines[0]), lines[0]
+    assert files_in(workdir) == before
