@@ -8,12 +8,14 @@ The same train.py runs unchanged under each launcher:
     srun python train.py ...                             SLURM sets SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, ...
     srun torchrun ... train.py                           torchrun's variables win over SLURM's
 
-Preemption: SIGUSR1 / SIGTERM (what `sbatch --signal` and time limits send) only set a
-flag; the training loop checks it once per iteration, all ranks agree on the stop, and
-rank 0 writes a checkpoint before exiting.
+Preemption: SIGUSR1 and SIGTERM (what `sbatch --signal=USR1@N`, `scancel` and time limits
+send) only set a flag; the training loop polls it once per iteration, all ranks agree on
+the iteration to stop at, rank 0 writes a checkpoint, and after SIGUSR1 the job requeues
+itself (see requeue_slurm_job).
 """
 
 import datetime
+import functools
 import os
 import re
 import signal
@@ -29,8 +31,9 @@ from configurator import UserError
 @dataclass
 class Launch:
     rank: int = 0
-    local_rank: int = 0
+    local_rank: int = 0  # the rank within this node: picks the GPU
     world_size: int = 1
+    node_rank: int = 0
     master_addr: str = '127.0.0.1'
     master_port: int = 29500
     launcher: str = 'single'  # 'single' | 'torchrun' | 'slurm'
@@ -45,40 +48,52 @@ class Launch:
 
 
 def detect_launch(env=None):
-    """Read the launcher's environment variables (torchrun's first, then SLURM's)."""
+    """Read the launcher's environment variables: torchrun's first, then those of an srun task."""
     env = os.environ if env is None else env
+    # torchrun; under `srun torchrun` every worker also inherits SLURM_PROCID=0, so these come first
     if 'RANK' in env and 'WORLD_SIZE' in env:
         return Launch(rank=int(env['RANK']), local_rank=int(env.get('LOCAL_RANK', 0)),
-                      world_size=int(env['WORLD_SIZE']),
+                      world_size=int(env['WORLD_SIZE']), node_rank=int(env.get('GROUP_RANK', 0)),
                       master_addr=env.get('MASTER_ADDR', '127.0.0.1'),
                       master_port=int(env.get('MASTER_PORT', 29500)), launcher='torchrun')
-    # SLURM_STEP_NUM_TASKS is set in the tasks that srun starts, not in an sbatch script's own
-    # shell, where a plain `python train.py` must run as one process although SLURM_NTASKS > 1.
-    if 'SLURM_PROCID' in env and int(env.get('SLURM_STEP_NUM_TASKS', 1)) > 1:
-        job_id = int(env.get('SLURM_JOB_ID', 0))
+    # Only the tasks that srun starts have SLURM_STEP_ID. An sbatch script's own shell has
+    # SLURM_PROCID=0 and SLURM_NTASKS=N as well, and a plain `python train.py` there is one process.
+    world_size = int(env.get('SLURM_STEP_NUM_TASKS') or env.get('SLURM_NTASKS') or 1)
+    if 'SLURM_STEP_ID' in env and 'SLURM_PROCID' in env and world_size > 1:
+        # rank 0 runs on the first node of the step (srun's block and cyclic distributions agree)
+        nodelist = env.get('SLURM_STEP_NODELIST') or env['SLURM_JOB_NODELIST']
+        # a port per job, so that two jobs sharing a node do not collide
+        port = env.get('MASTER_PORT') or 20000 + int(env.get('SLURM_JOB_ID', 0)) % 10000
         return Launch(rank=int(env['SLURM_PROCID']), local_rank=int(env.get('SLURM_LOCALID', 0)),
-                      world_size=int(env['SLURM_STEP_NUM_TASKS']),
-                      master_addr=env.get('MASTER_ADDR') or first_host(env.get('SLURM_STEP_NODELIST')
-                                                                       or env['SLURM_JOB_NODELIST']),
-                      # a port per job, so two jobs sharing a node do not collide
-                      master_port=int(env.get('MASTER_PORT', 20000 + job_id % 10000)), launcher='slurm')
+                      world_size=world_size, node_rank=int(env.get('SLURM_NODEID', 0)),
+                      master_addr=env.get('MASTER_ADDR') or first_host(nodelist),
+                      master_port=int(port), launcher='slurm')
     return Launch()
 
 
 def expand_hostlist(nodelist):
-    """Expand SLURM's compressed node lists: 'gpu[01-03,07],login1' -> ['gpu01', 'gpu02', 'gpu03', 'gpu07', 'login1']."""
+    """SLURM's compressed node list as host names: 'gpu[01-03,07],login1' -> gpu01 gpu02 gpu03 gpu07 login1.
+
+    Handles several bracket groups in one name ('rack[1-2]-n[1-2]') and keeps zero padding."""
+    # split on the commas that are not inside brackets
+    parts, depth, start = [], 0, 0
+    for i, c in enumerate(nodelist):
+        depth += (c == '[') - (c == ']')
+        if c == ',' and depth == 0:
+            parts.append(nodelist[start:i])
+            start = i + 1
+    parts.append(nodelist[start:])
     hosts = []
-    # split on commas that are not inside brackets
-    for part in re.findall(r'[^,\[]+(?:\[[^\]]*\][^,\[]*)*', nodelist):
+    for part in filter(None, parts):
         m = re.fullmatch(r'([^\[]*)\[([^\]]*)\](.*)', part)
         if not m:
             hosts.append(part)
             continue
-        prefix, ranges, suffix = m.groups()
+        prefix, ranges, rest = m.groups()
         for r in ranges.split(','):
             lo, _, hi = r.partition('-')
             for i in range(int(lo), int(hi or lo) + 1):
-                hosts.extend(h for h in expand_hostlist(f"{prefix}{str(i).zfill(len(lo))}{suffix}"))
+                hosts.extend(expand_hostlist(f"{prefix}{i:0{len(lo)}d}{rest}"))
     return hosts
 
 
@@ -89,23 +104,38 @@ def first_host(nodelist):
         if out:
             return out[0]
     except (OSError, subprocess.SubprocessError):
-        pass
+        pass  # no SLURM client here: expand it ourselves
     return expand_hostlist(nodelist)[0]
+
+
+# A CPU process group for the stop flag: polling it over NCCL would make the CPU wait for the
+# GPU every iteration; over gloo it is one small message and the GPU keeps its queue.
+_cpu_group = None
 
 
 def setup(launch, device, backend='auto', timeout_s=600):
     """Join the process group when there are several ranks; return the device this rank uses."""
+    global _cpu_group
     if not launch.ddp:
         return device
     if device.startswith('cuda'):
+        if launch.local_rank >= torch.cuda.device_count():
+            raise UserError(f"rank {launch.rank} has local rank {launch.local_rank} but its node has "
+                            f"{torch.cuda.device_count()} GPU(s): start one process per GPU "
+                            f"(torchrun --nproc_per_node, srun --ntasks-per-node)")
         device = f'cuda:{launch.local_rank}'
         torch.cuda.set_device(device)
     if backend == 'auto':
         backend = 'nccl' if device.startswith('cuda') else 'gloo'
+    if launch.launcher == 'slurm' and 'OMP_NUM_THREADS' not in os.environ:
+        # torchrun sets OMP_NUM_THREADS=1, srun does not: without this, every rank on a node
+        # starts one thread per core and they fight over the cores
+        torch.set_num_threads(int(os.environ.get('SLURM_CPUS_PER_TASK', 1)))
     os.environ.setdefault('MASTER_ADDR', launch.master_addr)
     os.environ.setdefault('MASTER_PORT', str(launch.master_port))
-    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    timeout = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+    _cpu_group = None if backend == 'gloo' else dist.new_group(backend='gloo', timeout=timeout)
     return device
 
 
@@ -123,33 +153,72 @@ def all_average(value, launch, device):
     return t.item() / launch.world_size
 
 
+def explain_lost_ranks(main):
+    """Wrap main so that losing another rank (it crashed, was killed, or hung for longer than
+    ddp_timeout) ends this one with a one-line error instead of a traceback from deep inside
+    a collective. Other errors pass through unchanged."""
+    lost = re.compile(r'closed by peer|reset by peer|broken pipe|timed out|timeout|connection refused', re.I)
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except RuntimeError as e:  # gloo raises plain RuntimeErrors; DistError is a subclass
+            if not (dist.is_available() and (dist.is_initialized() or isinstance(e, dist.DistError))):
+                raise
+            if not (isinstance(e, dist.DistError) or lost.search(str(e))):
+                raise
+            rank = dist.get_rank() if dist.is_initialized() else '?'
+            # gloo's messages start with its source location and go on with advice; keep the fact
+            detail = re.sub(r'^\[[^\]]*\]\s*', '', ' '.join(str(e).split())).split('. ')[0][:200]
+            raise UserError(f"rank {rank} lost contact with the other ranks ({detail}). Another rank crashed, "
+                            f"was killed or hung longer than ddp_timeout: see its log, then restart "
+                            f"with --init_from=resume") from None
+    return wrapper
+
+
 class StopSignal:
-    """Turns SIGUSR1 / SIGTERM into a flag that the training loop polls between iterations."""
+    """Turns SIGUSR1 / SIGTERM into a flag that the training loop polls between iterations.
+
+    Install it early: until then, SIGUSR1's default action kills the process."""
 
     def __init__(self, signals=(signal.SIGUSR1, signal.SIGTERM)):
-        self.received = None
+        self.received = set()
         for s in signals:
             signal.signal(s, self._handle)
 
     def _handle(self, signum, frame):
-        self.received = signal.Signals(signum).name
+        self.received.add(signal.Signals(signum).name)
 
-    def should_stop(self, launch, device):
-        """True on every rank as soon as any rank got a signal (a collective: call it on all ranks)."""
-        if not launch.ddp:
-            return self.received is not None
-        flag = torch.tensor(int(self.received is not None), device=device)
-        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
-        return bool(flag.item())
+    def check(self, launch):
+        """The stop signal that any rank received, or None; the same answer on every rank (a
+        collective: call it on all ranks at the same point). SIGTERM wins over SIGUSR1: it means
+        the job is ending (scancel, time limit), so it must not be requeued."""
+        got = [int('SIGUSR1' in self.received), int('SIGTERM' in self.received)]
+        if launch.ddp:
+            flags = torch.tensor(got)
+            dist.all_reduce(flags, op=dist.ReduceOp.MAX, group=_cpu_group)
+            got = flags.tolist()
+        return 'SIGTERM' if got[1] else 'SIGUSR1' if got[0] else None
 
 
 def requeue_slurm_job():
-    """Put this SLURM job back in the queue (when submitted with --requeue); it resumes on restart."""
+    """Put this SLURM batch job back in the queue, where it waits (about two minutes, SLURM's
+    delay for requeued jobs) and then starts again from the top of its script, which resumes
+    from the checkpoint. Only after SIGUSR1: `scontrol requeue` also succeeds on a job that is
+    being cancelled, and would bring back a job that its user just cancelled."""
     job_id = os.environ.get('SLURM_JOB_ID')
     if not job_id:
         return False
-    result = subprocess.run(['scontrol', 'requeue', job_id], capture_output=True, text=True)
-    if result.returncode != 0:
-        print(f"could not requeue SLURM job {job_id}: {result.stderr.strip()}")
+    try:
+        result = subprocess.run(['scontrol', 'requeue', job_id], capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.SubprocessError) as e:
+        print(f"could not requeue SLURM job {job_id}: {e}")
         return False
+    if result.returncode != 0:
+        # e.g. 'Requested operation is presently disabled' for a job submitted with --no-requeue
+        print(f"SLURM job {job_id} was not requeued ({result.stderr.strip()}); "
+              f"resubmit it to continue from the checkpoint")
+        return False
+    print(f"requeued SLURM job {job_id}: it will resume from the checkpoint")
     return True

@@ -226,15 +226,16 @@ def main(argv):
     # -------------------------------------------------------------------------
     # setup: device, distributed, precision
     launch = distributed.detect_launch()
+    stop_signal = distributed.StopSignal()  # now, not at the loop: SIGUSR1 would kill the start-up
+    if cfg.gradient_accumulation_steps % launch.world_size:  # before joining: every rank fails alike, none waits
+        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be "
+                          f"divisible by the number of ranks ({launch.world_size})")
     device = distributed.setup(launch, resolve_device(cfg.device), cfg.backend, cfg.ddp_timeout)
     master = launch.is_master
     print0 = print if master else (lambda *args, **kwargs: None)
     device_type = device.split(':')[0]
     cfg.dtype = resolve_dtype(cfg.dtype, device_type)
     compile_model = (device_type == 'cuda') if cfg.compile is None else cfg.compile
-    if cfg.gradient_accumulation_steps % launch.world_size:
-        raise ConfigError(f"gradient_accumulation_steps ({cfg.gradient_accumulation_steps}) must be "
-                          f"divisible by the number of ranks ({launch.world_size})")
     grad_accum = cfg.gradient_accumulation_steps // launch.world_size
     tokens_per_iter = grad_accum * launch.world_size * cfg.batch_size * cfg.block_size
     if master:
@@ -438,8 +439,8 @@ def main(argv):
         import wandb
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
     peak_flops = device_peak_flops(device, cfg.dtype)
-    stop_signal = distributed.StopSignal()
     start_iter = iter_num
+    stop = None  # the signal that ended the run early, if any
     running_mfu = None
     loss_sum = torch.zeros((), device=device)
     t_log, iters_since_log = time.time(), 0
@@ -504,19 +505,20 @@ def main(argv):
             loss_sum.zero_()
             t_log, iters_since_log = time.time(), 0
 
-        if stop_signal.should_stop(launch, device):
-            print0(f"received {stop_signal.received or 'a stop signal on another rank'}: "
-                   f"saving a checkpoint at iteration {iter_num} and exiting")
+        # preemption: every rank learns of a signal that any rank got, and all stop here together
+        stop = stop_signal.check(launch)
+        if stop:
+            print0(f"received {stop}: saving a checkpoint at iteration {iter_num} and exiting")
             save_checkpoint('ckpt.pt')
-            if master and distributed.requeue_slurm_job():
-                print0("requeued the SLURM job; it will resume from the checkpoint")
             break
 
     print0(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}")
     if wandb:
         wandb.finish()
     distributed.cleanup(launch)
+    if stop == 'SIGUSR1' and master:  # SLURM's advance warning (--signal=USR1@N): continue in a new job
+        distributed.requeue_slurm_job()
 
 
 if __name__ == '__main__':
-    configurator.run(main, sys.argv[1:])
+    configurator.run(distributed.explain_lost_ranks(main), sys.argv[1:])
