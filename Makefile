@@ -1,0 +1,27 @@
+# make demo   install, then prepare -> train -> sample on tiny shakespeare (GPU if there is one)
+# make test   install, then run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+INPUT ?=
+
+.PHONY: install demo test
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -r requirements-dev.txt
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(BIN)/python data/shakespeare_char/prepare.py $(if $(INPUT),--input $(INPUT))
+	if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
+		$(BIN)/python train.py config/train_shakespeare_char.py; \
+	else \
+		$(BIN)/python train.py config/train_shakespeare_char_cpu.py; \
+	fi
+	$(BIN)/python sample.py --out_dir=out-shakespeare-char --num_samples=3 --max_new_tokens=300
+
+test: install
+	$(BIN)/python -m pytest -q

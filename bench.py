@@ -1,0 +1,109 @@
+"""
+Measure training speed: ms per iteration, tokens/s and MFU of the training step (forward,
+backward, AdamW) for a model shape, on random tokens or on a prepared dataset.
+
+$ python bench.py                                    # GPT-2 124M, 12 x 1024 tokens, best device
+$ python bench.py --device=cpu --compile=False --n_layer=4 --n_head=4 --n_embd=128 --block_size=64
+
+Compilation and the first iterations are warm-up and stay out of the timing. The other
+benchmarks: bench/prepare_char.py, bench/prepare_bpe.py (data preparation), bench/sample.py
+(generation with and without the KV cache).
+"""
+
+import os
+import sys
+import time
+from contextlib import nullcontext
+from types import SimpleNamespace
+
+import torch
+
+import configurator
+from model import GPT, GPTConfig, device_peak_flops
+from train import RandomBatches, read_vocab, resolve_device, resolve_dtype
+
+# -----------------------------------------------------------------------------
+batch_size = 12
+block_size = 1024
+n_layer = 12
+n_head = 12
+n_embd = 768
+bias = False
+real_data = False  # True: batches from data/<dataset>/train.bin; False: random tokens
+dataset = 'openwebtext'
+warmup_iters = 10  # not timed: compilation, allocator and kernel warm-up
+bench_iters = 20
+device = 'auto'
+dtype = 'auto'
+compile = None  # None: on CUDA
+seed = 1337
+# -----------------------------------------------------------------------------
+DEFAULTS = configurator.defaults_from(globals())
+
+
+def main(argv):
+    cfg = SimpleNamespace(**configurator.configure(DEFAULTS, argv))
+    dev = resolve_device(cfg.device)
+    device_type = dev.split(':')[0]
+    cfg.dtype = resolve_dtype(cfg.dtype, device_type)
+    torch.manual_seed(cfg.seed)
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
+    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+
+    if cfg.real_data:
+        data_dir = os.path.join('data', cfg.dataset)
+        vocab = read_vocab(data_dir)
+        batches = RandomBatches(os.path.join(data_dir, 'train.bin'), vocab['dtype'], cfg.block_size,
+                                cfg.batch_size, dev, torch.Generator().manual_seed(cfg.seed))
+        get_batch = batches.next
+        vocab_size = (vocab['vocab_size'] + 63) // 64 * 64
+    else:
+        vocab_size = 50304
+        x = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=dev)
+        y = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=dev)
+        get_batch = lambda: (x, y)  # noqa: E731
+
+    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
+                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias)).to(dev)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
+    scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
+    step_model = torch.compile(model) if (device_type == 'cuda' if cfg.compile is None else cfg.compile) else model
+
+    def step():
+        X, Y = get_batch()
+        with autocast:
+            _, loss = step_model(X, Y)
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        return loss
+
+    def sync():
+        if device_type == 'cuda':
+            torch.cuda.synchronize()
+
+    t0 = time.perf_counter()
+    for _ in range(cfg.warmup_iters):
+        step()
+    sync()
+    print(f"warm-up: {cfg.warmup_iters} iterations in {time.perf_counter() - t0:.1f}s (compile={step_model is not model})")
+    t0 = time.perf_counter()
+    for _ in range(cfg.bench_iters):
+        loss = step()
+    loss.item()
+    sync()
+    dt = (time.perf_counter() - t0) / cfg.bench_iters
+    tokens = cfg.batch_size * cfg.block_size
+    mfu = model.estimate_mfu(tokens, dt, device_peak_flops(dev, cfg.dtype))
+    name = torch.cuda.get_device_name(dev) if device_type == 'cuda' else f"{device_type} ({torch.get_num_threads()} threads)"
+    print(f"{name}, {cfg.dtype}, {model.get_num_params() / 1e6:.1f}M parameters, {tokens:,} tokens/iter: "
+          f"{dt * 1000:.1f} ms/iter, {tokens / dt:,.0f} tokens/s, "
+          f"MFU {'n/a (unknown peak FLOP/s)' if mfu is None else f'{mfu * 100:.1f}%'}")
+
+
+if __name__ == '__main__':
+    configurator.run(main, sys.argv[1:])
