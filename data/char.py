@@ -105,63 +105,98 @@ def _documents(n, seps, cont):
     return lens, open_end
 
 
+def _ascii_used(buf, n, n_seps):
+    """The ASCII characters used in buf[:n] outside separators. Looking at every byte with numpy costs
+    more than the rest of the pass, so: the characters of a 64 KiB sample are surely used; one
+    bytes.translate deletes them from the whole chunk, and only the (small) remainder is looked at."""
+    k = min(n, 1 << 16)
+    cut = buf.rfind(SEP[:1], max(k - len(SEP) + 1, 0), k)  # do not leave a separator cut in two in the sample
+    sample = buf[:cut if cut >= 0 else k].replace(SEP, b'')
+    known = bytes(c for c in set(sample) if c < 128)
+    rest = (buf if n == len(buf) else buf[:n]).translate(None, known)
+    used = set(known) | {c for c in set(rest) if c < 128}
+    for c in set(SEP) - set(known):  # seen only in the remainder: used outside separators if more often
+        if c in used and rest.count(bytes([c])) == n_seps * SEP.count(c):
+            used.discard(c)
+    return np.array(sorted(used), np.uint32)
+
+
 def scan_chunk(chunk, stories):
     """Pass 1: (bytes scanned, sorted code points used, document lengths in characters)."""
     buf, n, where, base = _chunk_bytes(chunk, stories)
     u8 = np.frombuffer(buf, np.uint8, count=n)
     lead, cp, cont = _utf8(u8, buf.isascii(), where, base)
-    seen = np.zeros(256, bool)
-    seen[u8] = True  # the ASCII characters used (bytes >= 0x80 are looked at through cp)
     if stories:
         seps = _find_all(u8, SEP)
-        for c in set(SEP):  # a character that only occurs inside separators is not in the vocabulary
-            if seen[c] and buf.count(bytes([c]), 0, n) == len(seps) * SEP.count(c):
-                seen[c] = False
         lens, _ = _documents(n, seps, cont)
     else:
-        lens = np.array([n - len(cont)], np.int64)
-    present = np.union1d(np.flatnonzero(seen[:128]), cp).astype(np.uint32)
+        seps, lens = NO_INT, np.array([n - len(cont)], np.int64)
+    present = np.union1d(_ascii_used(buf, n, len(seps)), cp).astype(np.uint32)
     return len(buf), present, lens
+
+
+CONTINUATION = bytes(range(0x80, 0xC0))
+MARK = 0xFF  # never occurs in UTF-8: stands for a separator while encoding
 
 
 def encode_chunk(chunk, stories, lut, eot, dtype, plan, paths):
     """Pass 2: encode a chunk and write its tokens into the pre-sized train/val files at plan's offsets."""
     buf, n, where, base = _chunk_bytes(chunk, stories)
+    size = len(buf)
     u8 = np.frombuffer(buf, np.uint8, count=n)
     lead, cp, cont = _utf8(u8, buf.isascii(), where, base)
-    table = np.zeros(256, np.uint8)
-    table[:128] = lut[:128]  # ASCII ids are < 128: one bytes.translate maps them all
-    ids = np.frombuffer(buf.translate(table.tobytes()), np.uint8, count=n).astype(dtype)
-    ids[lead] = lut[cp]
-    drop = cont
-    if stories:
-        seps = _find_all(u8, SEP)
-        ids[seps] = eot  # the separator's first byte becomes <|endoftext|>, its other bytes go
-        drop = np.concatenate([cont, (seps[:, None] + np.arange(1, len(SEP))).ravel()])
-        lens, open_end = _documents(n, seps, cont)
-    if len(drop):
-        keep = np.ones(n, bool)
-        keep[drop] = False
-        ids = ids[keep]
-    if stories:
-        if open_end:
-            ids = np.append(ids, np.array([eot], dtype))
-        doc_start, train_off, val_off, seed, val_fraction = plan
-        is_val = val_mask(doc_start, len(lens), seed, val_fraction)
-        if is_val.any():
-            tok_val = np.repeat(is_val, lens + 1)
-            train, val = ids[~tok_val], ids[tok_val]
-        else:
-            train, val = ids, ids[:0]
-    else:
+    if n < len(buf):
+        buf = buf[:n]
+    seps = NO_INT
+    if stories:  # each separator becomes one MARK byte (split + join beats bytes.replace here)
+        parts = buf.split(SEP)
+        part_len = np.fromiter(map(len, parts), np.int64, len(parts))
+        seps = np.cumsum(part_len[:-1]) + len(SEP) * np.arange(len(parts) - 1)  # separator positions in buf
+        buf = bytes([MARK]).join(parts)
+        del parts
+    # one byte per character: ASCII bytes become their ids (< 128), lead bytes of multi-byte characters
+    # and MARK stay as they are (>= 0xC0), continuation bytes are deleted
+    table = bytearray(range(256))
+    table[:128] = lut[:128].astype(np.uint8).tobytes()
+    ids = np.frombuffer(buf.translate(table, CONTINUATION), np.uint8).astype(dtype)
+
+    def char_index(pos):  # byte position in the input -> index in ids (continuation bytes and
+        # the 12 other bytes of each earlier separator are gone); positions stay sparse, no full scans
+        return pos - np.searchsorted(cont, pos) - (len(SEP) - 1) * np.searchsorted(seps, pos)
+    if len(lead):
+        ids[char_index(lead)] = lut[cp]
+    if not stories:
         char_start, n_train = plan
         k = min(max(n_train - char_start, 0), len(ids))
-        train, val = ids[:k], ids[k:]
-        train_off, val_off = char_start, char_start + k - n_train
-    for arr, off, path in ((train, train_off, paths['train']), (val, val_off, paths['val'])):
-        if len(arr):
-            write_at(path, off, arr)
-    return len(buf)
+        _write(paths['train'], char_start, ids[:k])
+        _write(paths['val'], char_start + k - n_train, ids[k:])
+        return size
+    ends = char_index(seps) + 1  # end of each document, its <|endoftext|> included
+    ids[ends - 1] = eot
+    if len(ids) > (ends[-1] if len(ends) else 0):  # text after the last separator gets its own <|endoftext|>
+        ids = np.append(ids, np.array([eot], dtype))
+        ends = np.append(ends, len(ids))
+    if not len(ends):
+        return size
+    # whole documents to train or val: write each run of consecutive same-split documents as one slice
+    doc_start, train_off, val_off, seed, val_fraction = plan
+    is_val = val_mask(doc_start, len(ends), seed, val_fraction)
+    change = np.flatnonzero(is_val[1:] != is_val[:-1]) + 1  # first document of each run
+    starts = np.concatenate([[0], ends[change - 1]])
+    stops = np.concatenate([ends[change - 1], [len(ids)]])
+    off = {'train': train_off, 'val': val_off}
+    with open(paths['train'], 'r+b') as ft, open(paths['val'], 'r+b') as fv:
+        for a, b, v in zip(starts.tolist(), stops.tolist(), is_val[np.concatenate([[0], change])].tolist()):
+            split = 'val' if v else 'train'
+            write_at(fv if v else ft, off[split], ids[a:b])
+            off[split] += b - a
+    return size
+
+
+def _write(path, offset, arr):
+    if len(arr):
+        with open(path, 'r+b') as f:
+            write_at(f, offset, arr)
 
 
 # ----------------------------------------------------------------------------- driver

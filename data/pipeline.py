@@ -121,6 +121,8 @@ def _next_boundary(f, pos, size, sep):
         i = window.find(sep)
         if i >= 0:
             return pos + i + len(sep)
+        if pos + len(window) >= size:
+            break
         pos += len(window) - len(sep) + 1
     return size
 
@@ -309,15 +311,14 @@ class Output:
         os.replace(meta_tmp, os.path.join(self.out_dir, 'meta.json'))
 
 
-def write_at(path, offset, arr):
-    """Write arr into the pre-sized file at element offset, in place (the file is a flat np.memmap-able
-    array; os.pwrite is the memmap write without page-faulting the mapping into this process)."""
+def write_at(f, offset, arr):
+    """Write arr into the pre-sized, open file f at element offset, in place: the file is the flat array
+    that np.memmap reads, and os.pwrite is the memmap write without mapping pages into this process."""
     buf = memoryview(np.ascontiguousarray(arr)).cast('B')
     pos = offset * arr.itemsize
-    with open(path, 'r+b') as f:
-        while len(buf):
-            n = os.pwrite(f.fileno(), buf, pos)
-            buf, pos = buf[n:], pos + n
+    while len(buf):
+        n = os.pwrite(f.fileno(), buf, pos)
+        buf, pos = buf[n:], pos + n
 
 
 def progress(total, desc, unit='B'):

@@ -38,7 +38,7 @@ def main(argv=None):
     if args.input:
         paths = check_inputs(args.input, exts=('.txt',))
     else:
-        paths = [os.path.join(HERE, 'input.txt')]
+        paths = [os.path.join(args.out_dir, 'input.txt')]  # downloaded once, beside the bins
         if not os.path.exists(paths[0]):
             download(URL, paths[0])
     char.prepare(Corpus(paths), args.out_dir, stories=False, val_fraction=args.val_fraction,

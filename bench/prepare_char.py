@@ -1,0 +1,144 @@
+"""Benchmark char-level preparation: MB/s and peak memory, side by side in one run, for
+  - nanoGPT's encoding (read the whole text, sorted(set(text)), [stoi[c] for c in text]) as the reference,
+  - data/char.py with 1 worker (in-process, no Ray) and with N Ray workers.
+The corpus is tinystories_train_head2MiB.txt repeated to --size. Each variant runs in a fresh subprocess;
+the peak memory is the largest sum of RSS over that subprocess and all its descendants (Ray's GCS,
+raylet and workers included), sampled every 20 ms. Summing RSS counts shared pages (libraries, Ray's
+object store) once per process, so it is an upper bound. MB/s is input bytes / seconds of the
+preparation itself; Ray start-up (ray.init, paid once per run or not at all on a running cluster) is
+timed and shown separately, and "wall" is the whole subprocess (Python start, imports, Ray, writing).
+
+    python bench/prepare_char.py --size 256M --workers 2
+    python bench/prepare_char.py --size 1G --workers 2 --skip_reference
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data.pipeline import parse_size  # noqa: E402
+
+SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                      'shared', 'data', 'tinystories_train_head2MiB.txt')
+
+
+def make_corpus(path, size):
+    """Repeat the sample (cut after its last separator line, so stories stay whole) up to size bytes."""
+    if os.path.exists(path) and os.path.getsize(path) >= size:
+        return
+    data = open(SAMPLE, 'rb').read()
+    data = data[:data.rfind(b'<|endoftext|>\n') + len(b'<|endoftext|>\n')]
+    with open(path + '.part', 'wb') as f:
+        for _ in range(size // len(data) + 1):
+            f.write(data)
+        f.truncate(size)
+    os.replace(path + '.part', path)
+
+
+def run_variant(mode, corpus, workers, chunk_size, out_dir):
+    """In the child: one variant; prints a JSON line with its timings."""
+    import numpy as np
+    t_ray = 0.0
+    if mode == 'reference':
+        t0 = time.perf_counter()
+        with open(corpus, 'r', encoding='utf-8') as f:
+            text = f.read()
+        chars = sorted(set(text))
+        stoi = {ch: i for i, ch in enumerate(chars)}
+        ids = np.array([stoi[c] for c in text], dtype=np.uint16)
+        ids.tofile(os.path.join(out_dir, 'reference.bin'))
+        dt = time.perf_counter() - t0
+    else:
+        from data import char
+        from data.pipeline import Corpus
+        if workers > 1:  # start Ray first and time it apart: a cluster user pays it once, or never
+            import ray
+            t0 = time.perf_counter()
+            os.environ['PYTHONPATH'] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+            ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False,
+                     object_store_memory=256 << 20)
+            t_ray = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        char.prepare(Corpus([corpus]), out_dir, stories=True, val_fraction=0.01, seed=2357, num_workers=workers,
+                     chunk_size=chunk_size)
+        dt = time.perf_counter() - t0
+        if workers > 1:
+            ray.shutdown()
+    print('RESULT ' + json.dumps(dict(seconds=dt, ray_init=t_ray)), flush=True)
+
+
+def import_psutil():
+    try:
+        import psutil
+    except ImportError:  # Ray ships its own copy and puts it on sys.path when imported
+        import ray  # noqa: F401
+        import psutil
+    return psutil
+
+
+def measure(args, mode, workers, corpus, out_dir):
+    psutil = import_psutil()
+    cmd = [sys.executable, os.path.abspath(__file__), '--_child', mode, '--_workers', str(workers),
+           '--_corpus', corpus, '--_out', out_dir, '--chunk_size', str(args.chunk_size)]
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    root, peak = psutil.Process(proc.pid), 0
+    while proc.poll() is None:
+        rss = 0
+        try:
+            for p in [root] + root.children(recursive=True):
+                try:
+                    rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+        except psutil.Error:
+            pass
+        peak = max(peak, rss)
+        time.sleep(0.02)
+    wall = time.perf_counter() - t0
+    out = proc.stdout.read()
+    res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith('RESULT ')]
+    if proc.returncode or not res:
+        sys.exit(f"{mode} with {workers} worker(s) failed:\n{out}")
+    return dict(res[0], wall=wall, peak=peak)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--size', type=parse_size, default=parse_size('256M'), help='corpus size (default 256M)')
+    p.add_argument('--workers', type=int, default=os.cpu_count(), help='N for the parallel run (default: cpu count)')
+    p.add_argument('--chunk_size', type=parse_size, default=parse_size('16M'))
+    p.add_argument('--work_dir', default=os.path.join(tempfile.gettempdir(), 'bench_prepare_char'))
+    p.add_argument('--skip_reference', action='store_true', help='skip the nanoGPT-style reference (slow, ~3 GB RAM per 256 MB)')
+    p.add_argument('--_child'), p.add_argument('--_workers', type=int), p.add_argument('--_corpus'), p.add_argument('--_out')
+    args = p.parse_args()
+    if args._child:
+        return run_variant(args._child, args._corpus, args._workers, args.chunk_size, args._out)
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    corpus = os.path.join(args.work_dir, f'corpus_{args.size}.txt')
+    make_corpus(corpus, args.size)
+    mb = os.path.getsize(corpus) / 1e6
+    variants = ([] if args.skip_reference else [('reference', 1)]) + [('pipeline', 1), ('pipeline', args.workers)]
+    rows = []
+    for mode, w in variants:
+        out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
+        os.makedirs(out_dir, exist_ok=True)
+        r = measure(args, mode, w, corpus, out_dir)
+        rows.append((mode, w, r))
+        print(f"{mode:>9} workers={w}: {mb / r['seconds']:7.1f} MB/s ({r['seconds']:.2f} s; ray.init {r['ray_init']:.1f} s, "
+              f"wall {r['wall']:.1f} s)  peak RSS {r['peak'] / 2**20:7.0f} MiB", flush=True)
+    base = {w: r for mode, w, r in rows if mode == 'pipeline'}
+    if 1 in base and args.workers in base and args.workers > 1:
+        a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, args.workers)]
+        same = all(open(os.path.join(a, f), 'rb').read() == open(os.path.join(b, f), 'rb').read() for f in ('train.bin', 'val.bin'))
+        print(f"corpus {mb:.0f} MB, chunk {args.chunk_size >> 20} MiB: {args.workers} vs 1 worker "
+              f"{base[1]['seconds'] / base[args.workers]['seconds']:.2f}x; identical output: {same}")
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,37 @@
+"""TinyStories at character level, for corpora of several GB: two streamed passes, Ray tasks over chunks.
+
+Each "<|endoftext|>" between stories becomes one vocabulary symbol (the last id) that ends every story;
+whole stories go to val.bin with probability --val_fraction (seeded), so none straddles the split.
+
+    python data/tinystories_char/prepare.py                                  # HF roneneldan/TinyStories
+    python data/tinystories_char/prepare.py --input TinyStoriesV2-GPT4-train.txt --num_workers 8
+    python data/tinystories_char/prepare.py --input a.jsonl.gz b.parquet      # a "text" field per story
+    python data/tinystories_char/prepare.py --ray_address auto ...           # on a Ray cluster (shared filesystem)
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data import char  # noqa: E402
+from data.pipeline import Corpus, add_common_args, check_args, check_inputs, cli, load_hf_dataset  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.01)
+    p.add_argument('--dataset', default='roneneldan/TinyStories', help='Hugging Face dataset (default: %(default)s)')
+    args = p.parse_args(argv)
+    check_args(args)
+    if args.input:
+        corpus = Corpus(check_inputs(args.input))
+    else:
+        corpus = Corpus(dataset=load_hf_dataset(args.dataset, split='train'), name=args.dataset)
+    char.prepare(corpus, args.out_dir, stories=True, val_fraction=args.val_fraction, seed=args.seed,
+                 num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address)
+
+
+if __name__ == '__main__':
+    cli(main)
