@@ -26,8 +26,8 @@ Two modes:
 """
 import numpy as np
 
-from data.pipeline import (SEPARATOR, Output, UserError, Workers, chunk_nbytes, dtype_for, progress, read_range,
-                           val_mask, write_at)
+from data.pipeline import (SEPARATOR, Output, UserError, Workers, chunk_documents, chunk_progress, dtype_for, is_text_file, progress,
+                           read_range, split_runs, val_mask, write_at)
 
 SEP = SEPARATOR.encode()
 NO_INT = np.zeros(0, np.int64)
@@ -36,13 +36,15 @@ NO_INT = np.zeros(0, np.int64)
 # ----------------------------------------------------------------------------- per chunk (run in workers)
 
 def _chunk_bytes(chunk, stories):
-    """(buf, n, where): the chunk's UTF-8 bytes, how many of them to use, and a name for errors."""
-    if chunk[0] == 'texts':
+    """(buf, n, where, base): the chunk's UTF-8 bytes, how many of them to use, and where they come from
+    (for error messages)."""
+    if chunk[0] == 'texts' or not is_text_file(chunk[1]):
+        docs = chunk_documents(chunk)
         try:  # rows are documents: join them with the separator so both kinds of input take one path
-            buf = (SEPARATOR.join(chunk[1]) + SEPARATOR).encode('utf-8') if stories else ''.join(chunk[1]).encode('utf-8')
+            buf = (SEPARATOR.join(docs) + SEPARATOR if stories else ''.join(docs)).encode('utf-8')
         except UnicodeEncodeError as e:
             raise UserError(f"a document is not valid Unicode text: {e}")
-        return buf, len(buf), 'a row batch', 0
+        return buf, len(buf), 'a batch of documents', 0
     _, path, start, end, last = chunk
     buf = read_range(path, start, end)
     n = len(buf)
@@ -132,7 +134,7 @@ def scan_chunk(chunk, stories):
     else:
         seps, lens = NO_INT, np.array([n - len(cont)], np.int64)
     present = np.union1d(_ascii_used(buf, n, len(seps)), cp).astype(np.uint32)
-    return len(buf), present, lens
+    return chunk_progress(chunk, len(buf)), present, lens
 
 
 CONTINUATION = bytes(range(0x80, 0xC0))
@@ -142,7 +144,7 @@ MARK = 0xFF  # never occurs in UTF-8: stands for a separator while encoding
 def encode_chunk(chunk, stories, lut, eot, dtype, plan, paths):
     """Pass 2: encode a chunk and write its tokens into the pre-sized train/val files at plan's offsets."""
     buf, n, where, base = _chunk_bytes(chunk, stories)
-    size = len(buf)
+    size = chunk_progress(chunk, len(buf))
     u8 = np.frombuffer(buf, np.uint8, count=n)
     lead, cp, cont = _utf8(u8, buf.isascii(), where, base)
     if n < len(buf):
@@ -181,15 +183,11 @@ def encode_chunk(chunk, stories, lut, eot, dtype, plan, paths):
     # whole documents to train or val: write each run of consecutive same-split documents as one slice
     doc_start, train_off, val_off, seed, val_fraction = plan
     is_val = val_mask(doc_start, len(ends), seed, val_fraction)
-    change = np.flatnonzero(is_val[1:] != is_val[:-1]) + 1  # first document of each run
-    starts = np.concatenate([[0], ends[change - 1]])
-    stops = np.concatenate([ends[change - 1], [len(ids)]])
-    off = {'train': train_off, 'val': val_off}
+    off = [train_off, val_off]
     with open(paths['train'], 'r+b') as ft, open(paths['val'], 'r+b') as fv:
-        for a, b, v in zip(starts.tolist(), stops.tolist(), is_val[np.concatenate([[0], change])].tolist()):
-            split = 'val' if v else 'train'
-            write_at(fv if v else ft, off[split], ids[a:b])
-            off[split] += b - a
+        for v, a, b in split_runs(ends, is_val):
+            write_at(fv if v else ft, off[v], ids[a:b])
+            off[v] += b - a
     return size
 
 

@@ -85,6 +85,8 @@ def check_inputs(paths, exts=TEXT_EXTS + ROW_EXTS):
             raise UserError(f"input file not found: {p}")
         if not p.lower().endswith(exts):
             raise UserError(f"unsupported input {p}: expected one of {', '.join(exts)}")
+        if not is_text_file(p):  # a wrong schema is reported now, not after the progress bars started
+            next(_iter_texts(p), None)
     return list(paths)
 
 
@@ -157,18 +159,23 @@ def _iter_texts(path):
         return
     opener = gzip.open if path.lower().endswith('.gz') else open
     try:
-        with opener(path, 'rt', encoding='utf-8') as f:
-            for lineno, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line)['text']
-                except (ValueError, KeyError, TypeError):
-                    raise UserError(f"{path}:{lineno}: expected a JSON object with a 'text' field")
-                if text is not None:
-                    yield text
-    except (OSError, UnicodeDecodeError, EOFError) as e:
+        with opener(path, 'rb') as f:
+            yield from _parse_jsonl(f, path)
+    except (OSError, EOFError) as e:
         raise UserError(f"cannot read {path}: {e}")
+
+
+def _parse_jsonl(lines, path):
+    for line in lines:
+        if not line.strip():
+            continue
+        try:
+            text = json.loads(line)['text']
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"{path}: expected one JSON object with a 'text' field per line, got "
+                            f"{bytes(line[:60]).decode('utf-8', 'replace')!r}")
+        if text is not None:
+            yield text
 
 
 def load_hf_dataset(name, config=None, split='train', streaming=False):
@@ -276,6 +283,17 @@ def val_mask(first_doc, n_docs, seed, val_fraction):
     return (x >> np.uint64(11)).astype(np.float64) * (1.0 / (1 << 53)) < val_fraction
 
 
+def split_runs(doc_ends, is_val):
+    """(is_val, start, stop) for each run of consecutive documents that go to the same split, given where
+    each document ends: writing runs instead of masking every token keeps the split cheap."""
+    if not len(doc_ends):
+        return []
+    change = np.flatnonzero(is_val[1:] != is_val[:-1]) + 1  # first document of each run
+    starts = np.concatenate([[0], doc_ends[change - 1]]).tolist()
+    stops = np.concatenate([doc_ends[change - 1], doc_ends[-1:]]).tolist()
+    return zip(is_val[np.concatenate([[0], change])].tolist(), starts, stops)
+
+
 def dtype_for(vocab_size):
     return np.uint16 if vocab_size <= 65536 else np.uint32
 
@@ -339,12 +357,15 @@ class Corpus:
     ('texts', [documents]) for rows of .jsonl(.gz) / .parquet / a dataset. chunks() can be called again
     for a second pass over the same text."""
 
-    def __init__(self, paths=None, dataset=None, name=None):
-        self.paths, self.dataset = paths, dataset
+    def __init__(self, paths=None, dataset=None, name=None, batches=None):
+        self.paths, self.dataset, self.batches = paths, dataset, batches
         self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else getattr(dataset, 'info', None)
                              and dataset.info.dataset_name)
-        if paths:
-            self.total_bytes = sum(os.path.getsize(p) for p in paths)
+        if batches is not None:  # documents already in memory (tiny shakespeare)
+            self.total_bytes = sum(len(d) for b in batches for d in b)
+        elif paths:  # exact for .txt / .jsonl; compressed and columnar files are counted in text bytes
+            exact = all(is_text_file(p) or p.lower().endswith('.jsonl') for p in paths)
+            self.total_bytes = sum(os.path.getsize(p) for p in paths) if exact else None
         else:
             try:  # an estimate (Arrow buffers) for a downloaded dataset; unknown when streaming
                 self.total_bytes = dataset.data.nbytes
@@ -353,30 +374,38 @@ class Corpus:
 
     def chunks(self, chunk_size, sep=SEPARATOR):
         sep_b = sep.encode() if sep else None
+        if self.batches is not None:
+            yield from (('texts', b) for b in self.batches)
+            return
         if self.dataset is not None:
             for texts in iter_hf_batches(self.dataset, chunk_size):
                 yield ('texts', texts)
             return
         for path in self.paths:
-            if is_text_file(path):
-                ranges = list(text_ranges(path, chunk_size, sep_b))
+            if is_text_file(path) or path.lower().endswith('.jsonl'):  # byte ranges, read by the workers
+                ranges = list(text_ranges(path, chunk_size, sep_b if is_text_file(path) else b'\n'))
                 for i, (start, end) in enumerate(ranges):
                     yield ('file', path, start, end, i == len(ranges) - 1)
-            else:
+            else:  # compressed or columnar: read here, documents shipped to the workers
                 for texts in iter_row_batches(path, chunk_size):
                     yield ('texts', texts)
 
 
-def chunk_nbytes(chunk):
-    return chunk[3] - chunk[2] if chunk[0] == 'file' else sum(len(t) for t in chunk[1])
+def chunk_progress(chunk, n_text_bytes):
+    """Bytes to count on a progress bar for a chunk: file bytes for byte ranges, text bytes for rows."""
+    return chunk[3] - chunk[2] if chunk[0] == 'file' else n_text_bytes
 
 
-def file_chunk_documents(chunk):
-    """The documents of a ('file', ...) chunk: the text between separators. The text around a separator
-    is kept as it is; only a whitespace-only remainder after a file's last separator (its final newline)
-    is dropped."""
+def chunk_documents(chunk):
+    """The documents of a chunk. In a .txt file they are the text between separators; the text around a
+    separator is kept as it is, only a whitespace-only remainder after a file's last separator (its final
+    newline) is dropped. In .jsonl they are the "text" fields."""
+    if chunk[0] == 'texts':
+        return chunk[1]
     _, path, start, end, last = chunk
     buf = read_range(path, start, end)
+    if path.lower().endswith('.jsonl'):
+        return list(_parse_jsonl(buf.splitlines(), path))
     try:
         text = buf.decode('utf-8')
     except UnicodeDecodeError as e:

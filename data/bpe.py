@@ -1,0 +1,110 @@
+"""GPT-2 BPE (any tiktoken encoding) tokenization of corpora of any size, in one streamed pass.
+
+The engine is the char pipeline's (data/pipeline.py): the corpus is cut into chunks of about
+--chunk_size bytes of whole documents, each chunk is one Ray task, at most two tasks per worker are
+in flight, and the results come back in order. A task runs tiktoken's encode_ordinary on each
+document (special tokens in the text are treated as plain text), appends <|endoftext|> (50256 for
+GPT-2) after each, checks the ids against the output dtype and returns one compact array. Unlike the
+char pipeline the output length is not known before tokenizing, so this process appends the arrays,
+in order, to train.bin / val.bin: ~2 bytes per 4 bytes of text, which costs little next to the
+tokenization. Whole documents go to val.bin with probability val_fraction, by a hash of (seed,
+document index), so the bytes do not depend on the worker count or chunk size.
+"""
+import itertools
+import os
+
+import numpy as np
+
+from data.pipeline import (Output, UserError, Workers, chunk_documents, chunk_progress, dtype_for, progress,
+                           split_runs, val_mask)
+
+_ENCODINGS = {}  # per process: a Ray worker loads the encoding once, not once per task
+
+
+def get_encoding(name):
+    """A tiktoken encoding, or a one-line error that explains how to provide its files offline."""
+    if name not in _ENCODINGS:
+        import tiktoken
+        try:
+            _ENCODINGS[name] = tiktoken.get_encoding(name)
+        except Exception as e:  # requests' ConnectionError, a ValueError for an unknown name, ...
+            if name not in tiktoken.list_encoding_names():
+                raise UserError(f"unknown tiktoken encoding {name!r} (known: {', '.join(tiktoken.list_encoding_names())})")
+            cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR')
+            raise UserError(
+                f"cannot load the tiktoken encoding {name!r} ({type(e).__name__}"
+                f"{', cache ' + cache if cache else ''}): tiktoken downloads its files once and caches them in "
+                f"$TIKTOKEN_CACHE_DIR; offline, set TIKTOKEN_CACHE_DIR to a folder that holds them, seeded on a "
+                f"machine with internet by: TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; "
+                f"tiktoken.get_encoding('{name}')\" (then copy that folder here)")
+    return _ENCODINGS[name]
+
+
+def encode_chunk(chunk, encoding, dtype, split):
+    """One task: (bytes read, token ids with <|endoftext|> after each document, tokens per document, split)."""
+    enc = get_encoding(encoding)
+    docs = chunk_documents(chunk)
+    eot = enc.eot_token
+    tokens = [enc.encode_ordinary(d) for d in docs]
+    lens = np.fromiter(map(len, tokens), np.int64, len(tokens)) + 1
+    flat = itertools.chain.from_iterable(itertools.chain(t, (eot,)) for t in tokens)
+    ids = np.fromiter(flat, np.uint32, int(lens.sum()))
+    if len(ids) and int(ids.max()) > np.iinfo(dtype).max:
+        raise UserError(f"token id {int(ids.max())} does not fit in {np.dtype(dtype).name}")
+    return chunk_progress(chunk, sum(map(len, docs))), ids.astype(dtype), lens, split
+
+
+def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, num_workers=1, chunk_size=1 << 20,
+            ray_address=None, max_tokens=None, splits=None):
+    """Write out_dir/train.bin, val.bin and meta.json for a Corpus. splits, if given, names the split of
+    each chunk ('train' / 'val') instead of the seeded split by documents (tiny shakespeare's 90/10)."""
+    enc = get_encoding(encoding)  # fail here, in one line, before any work starts
+    dtype = dtype_for(enc.n_vocab)
+    n_docs, written, total = 0, {'train': 0, 'val': 0}, 0
+    chunks = corpus.chunks(chunk_size)
+    args = ((c, encoding, dtype, s) for c, s in zip(chunks, splits or itertools.repeat(None)))
+    with Workers(num_workers, ray_address) as workers, Output(out_dir) as out:
+        files = {s: open(out.tmp[s], 'wb') for s in ('train', 'val')}
+        try:
+            with progress(max_tokens, 'tokenize', unit='tok') as bar:
+                for nbytes, ids, lens, split in workers.map(encode_chunk, args):
+                    full = max_tokens is not None and sum(written.values()) + len(ids) >= max_tokens
+                    if full:  # whole documents only, up to the budget, and nothing after them
+                        keep = int(np.searchsorted(np.cumsum(lens), max_tokens - sum(written.values()), 'right'))
+                        lens = lens[:keep]
+                        ids = ids[:int(lens.sum())]
+                    is_val = (np.full(len(lens), split == 'val') if split else
+                              val_mask(n_docs, len(lens), seed, val_fraction))
+                    for v, a, b in split_runs(np.cumsum(lens), is_val):
+                        s = 'val' if v else 'train'
+                        files[s].write(memoryview(ids[a:b]).cast('B'))
+                        written[s] += b - a
+                    n_docs += len(lens)
+                    total += nbytes
+                    bar.update(len(ids))
+                    bar.set_postfix_str(f"{total / 1e6:.0f} MB, {n_docs:,} docs", refresh=False)
+                    if full:
+                        break  # Workers cancels the tasks still in flight
+        finally:
+            for f in files.values():
+                f.close()
+        if n_docs == 0:
+            raise UserError(f"no documents found in {corpus.name}")
+        meta = dict(tokenizer=encoding, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, eot_token=enc.eot_token,
+                    train_tokens=written['train'], val_tokens=written['val'], documents=n_docs, source=corpus.name,
+                    val_fraction=None if splits else val_fraction, seed=None if splits else seed)
+        out.commit(meta)
+    print(f"wrote {out_dir}: {encoding}, train {written['train']:,} tokens, val {written['val']:,} tokens, "
+          f"{n_docs:,} documents from {total / 1e6:.1f} MB")
+    return meta
+
+
+def add_args(p):
+    """The BPE scripts' options on top of pipeline.add_common_args."""
+    p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
+    p.add_argument('--max_tokens', type=int, default=None,
+                   help='stop after this many tokens (train + val), at a document boundary')
+    p.add_argument('--streaming', action='store_true',
+                   help='stream the Hugging Face dataset instead of downloading it first: for a dataset larger '
+                        'than the free disk, usually with --max_tokens')
+    return p

@@ -1,0 +1,44 @@
+"""Tiny shakespeare with the GPT-2 BPE tokenizer, split like nanoGPT's: the first 90% of the characters
+are train.bin and the last 10% val.bin, each encoded as one document followed by <|endoftext|>.
+
+    python data/shakespeare/prepare.py                   # downloads input.txt once
+    python data/shakespeare/prepare.py --input my.txt    # any local text file, no network
+"""
+import argparse
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+from data import bpe  # noqa: E402
+from data.pipeline import Corpus, UserError, add_common_args, check_args, check_inputs, cli  # noqa: E402
+from data.shakespeare_char.prepare import URL, download  # noqa: E402
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1, num_workers=1)  # one file, two documents
+    p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
+    args = p.parse_args(argv)
+    check_args(args)
+    bpe.get_encoding(args.encoding)  # fail early, in one line, when the tokenizer files are missing
+    if args.input:
+        path = check_inputs(args.input[:1], exts=('.txt',))[0]
+    else:
+        path = os.path.join(args.out_dir, 'input.txt')
+        if not os.path.exists(path):
+            download(URL, path)
+    try:
+        with open(path, encoding='utf-8') as f:
+            data = f.read()  # ~1 MB: nanoGPT's split needs the character count first
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 (byte {e.start})")
+    n = int(len(data) * (1 - args.val_fraction))
+    corpus = Corpus(batches=[[data[:n]], [data[n:]]], name=os.path.basename(path))
+    bpe.prepare(corpus, args.out_dir, encoding=args.encoding, num_workers=args.num_workers,
+                ray_address=args.ray_address, splits=['train', 'val'])
+
+
+if __name__ == '__main__':
+    cli(main)

@@ -1,0 +1,178 @@
+"""GPT-2 BPE data preparation (data/bpe.py and the shakespeare / openwebtext / fineweb_edu scripts)."""
+import gzip
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
+CACHE = SHARED / 'tiktoken_cache'
+if not SHARED.is_dir():
+    pytest.skip('../shared/data (tiktoken cache and corpora) not present', allow_module_level=True)
+os.environ['TIKTOKEN_CACHE_DIR'] = str(CACHE)  # the GPT-2 files, offline
+sys.path.insert(0, str(REPO))
+from data import bpe  # noqa: E402
+from data.pipeline import Corpus, UserError  # noqa: E402
+
+EOT = 50256
+OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'https_proxy': 'http://127.0.0.1:9',
+           'HTTPS_PROXY': 'http://127.0.0.1:9', 'TIKTOKEN_CACHE_DIR': str(CACHE)}
+DOCS = [
+    "Hello world! This is the first document.\n\nIt has two paragraphs.",
+    "Ünïcödé — 你好，世界 — emoji 😀 and a literal <|endoftext|> inside the text.",
+    "",
+    "   leading spaces and trailing newline\n",
+    "Short.",
+] * 7
+
+
+def c4_docs(n=None):
+    with gzip.open(SHARED / 'c4_sample_1000docs.jsonl.gz', 'rt', encoding='utf-8') as f:
+        docs = [json.loads(line)['text'] for line in f]
+    return docs[:n]
+
+
+def run_script(name, *args, env=None):
+    return subprocess.run([sys.executable, f'data/{name}/prepare.py', *args], cwd=REPO, env=dict(os.environ, **(env or {})),
+                          capture_output=True, text=True, timeout=120)
+
+
+def load(out):
+    meta = json.loads((Path(out) / 'meta.json').read_text())
+    dt = np.dtype(meta['dtype'])
+    return meta, np.fromfile(Path(out) / 'train.bin', dt), np.fromfile(Path(out) / 'val.bin', dt)
+
+
+def documents(ids, enc):
+    """Split a token stream on <|endoftext|> and decode each document."""
+    assert len(ids) == 0 or ids[-1] == EOT
+    return [enc.decode(d[:-1].tolist()) for d in np.split(ids, np.flatnonzero(ids == EOT) + 1)[:-1]]
+
+
+def write_inputs(tmp_path, docs):
+    """The same documents as .jsonl, .jsonl.gz, .parquet and .txt (separated by <|endoftext|>)."""
+    lines = ''.join(json.dumps({'text': d, 'url': 'x'}) + '\n' for d in docs)
+    (tmp_path / 'd.jsonl').write_text(lines, encoding='utf-8')
+    with gzip.open(tmp_path / 'd.jsonl.gz', 'wt', encoding='utf-8') as f:
+        f.write(lines)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({'text': docs}), tmp_path / 'd.parquet', row_group_size=3)
+    return [tmp_path / n for n in ('d.jsonl', 'd.jsonl.gz', 'd.parquet')]
+
+
+@pytest.fixture(scope='module')
+def ray_2cpus():
+    ray = pytest.importorskip('ray')
+    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, object_store_memory=128 << 20)
+    yield ray
+    ray.shutdown()
+
+
+def test_documents_round_trip_through_the_bins_for_every_input_format(tmp_path):
+    enc = bpe.get_encoding('gpt2')
+    outputs = []
+    for path in write_inputs(tmp_path, DOCS):
+        out = tmp_path / ('out_' + path.name.replace('.', '_'))
+        meta = bpe.prepare(Corpus([str(path)]), out, val_fraction=0.3, seed=5, chunk_size=100)
+        meta_, train, val = load(out)
+        assert (meta['tokenizer'], meta['vocab_size'], meta['dtype'], meta['eot_token']) == ('gpt2', 50257, 'uint16', EOT)
+        assert meta_ == meta and train.dtype == np.uint16
+        assert meta['documents'] == len(DOCS) == (train == EOT).sum() + (val == EOT).sum()
+        got = documents(train, enc) + documents(val, enc)
+        assert sorted(got) == sorted(DOCS) and len(documents(val, enc)) > 0
+        outputs.append([(out / f).read_bytes() for f in ('train.bin', 'val.bin')])
+    assert outputs[0] == outputs[1] == outputs[2]
+
+
+def test_literal_separator_in_a_row_is_text_not_eot(tmp_path):
+    enc = bpe.get_encoding('gpt2')
+    docs = ["a <|endoftext|> b", "c"]
+    path = write_inputs(tmp_path, docs)[0]
+    bpe.prepare(Corpus([str(path)]), tmp_path / 'o', val_fraction=0.0)
+    _, train, _ = load(tmp_path / 'o')
+    assert train.tolist() == enc.encode_ordinary(docs[0]) + [EOT] + enc.encode_ordinary(docs[1]) + [EOT]
+    assert (train == EOT).sum() == 2
+
+
+def test_txt_documents_are_separated_by_endoftext(tmp_path):
+    enc = bpe.get_encoding('gpt2')
+    docs = ["First story.\nThe end.", "Second story, 😀.", "Third."]
+    (tmp_path / 's.txt').write_text('\n<|endoftext|>\n'.join(docs) + '\n<|endoftext|>\n', encoding='utf-8')
+    bpe.prepare(Corpus([str(tmp_path / 's.txt')]), tmp_path / 'o', val_fraction=0.0, chunk_size=64)
+    meta, train, _ = load(tmp_path / 'o')
+    assert meta['documents'] == 3
+    assert [d.strip('\n') for d in documents(train, enc)] == docs
+
+
+def test_identical_bytes_for_one_and_two_workers(tmp_path, ray_2cpus):
+    path = tmp_path / 'c4.jsonl'
+    path.write_text(''.join(json.dumps({'text': d}) + '\n' for d in c4_docs(300)), encoding='utf-8')
+    runs = []
+    for workers, chunk in [(1, 1 << 20), (2, 20_000), (2, 3_000)]:
+        out = tmp_path / f'o{workers}_{chunk}'
+        bpe.prepare(Corpus([str(path)]), out, val_fraction=0.05, seed=1, num_workers=workers, chunk_size=chunk)
+        runs.append([(out / f).read_bytes() for f in ('train.bin', 'val.bin', 'meta.json')])
+    assert runs[0] == runs[1] == runs[2] and len(runs[0][1]) > 0
+
+
+def test_max_tokens_stops_at_a_document_boundary(tmp_path):
+    docs = c4_docs(200)
+    path = tmp_path / 'c4.jsonl'
+    path.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs), encoding='utf-8')
+    meta = bpe.prepare(Corpus([str(path)]), tmp_path / 'o', val_fraction=0.0, chunk_size=5_000, max_tokens=20_000)
+    _, train, _ = load(tmp_path / 'o')
+    enc = bpe.get_encoding('gpt2')
+    n = meta['documents']
+    expected = sum(len(enc.encode_ordinary(d)) + 1 for d in docs[:n])
+    assert len(train) == expected <= 20_000 < expected + len(enc.encode_ordinary(docs[n])) + 1
+    assert documents(train, enc) == docs[:n]
+
+
+def test_uint32_tokenizer_and_dtype_check(tmp_path):
+    from data.pipeline import dtype_for
+    assert dtype_for(50257) == np.uint16 and dtype_for(100277) == np.uint32
+    chunk = ('texts', ['hello'])
+    with pytest.raises(UserError, match='does not fit'):  # ids are checked against the output dtype
+        bpe.encode_chunk(chunk, 'gpt2', np.int8, None)
+    _, ids, lens, _ = bpe.encode_chunk(chunk, 'gpt2', np.uint32, None)
+    assert ids.dtype == np.uint32 and ids.tolist() == [31373, EOT] and lens.tolist() == [2]
+
+
+def test_shakespeare_matches_nanogpt_plus_eot(tmp_path):
+    r = run_script('shakespeare', '--input', str(SHARED / 'tinyshakespeare.txt'), '--out_dir', str(tmp_path), env=OFFLINE)
+    assert r.returncode == 0, r.stderr
+    meta, train, val = load(tmp_path)
+    # nanoGPT: 301,966 train and 36,059 val tokens; each split here also ends with <|endoftext|>
+    assert (len(train), len(val)) == (301_967, 36_060) and train[-1] == val[-1] == EOT
+    enc = bpe.get_encoding('gpt2')
+    data = (SHARED / 'tinyshakespeare.txt').read_text()
+    n = len(data)
+    assert train[:-1].tolist() == enc.encode_ordinary(data[:int(n * 0.9)])
+    assert val[:-1].tolist() == enc.encode_ordinary(data[int(n * 0.9):])
+
+
+def test_missing_tokenizer_files_give_a_one_line_error(tmp_path):
+    env = dict(OFFLINE, TIKTOKEN_CACHE_DIR=str(tmp_path / 'empty_cache'))
+    for name in ('shakespeare', 'openwebtext', 'fineweb_edu'):
+        r = run_script(name, '--input', str(SHARED / 'tinyshakespeare.txt'), '--out_dir', str(tmp_path / name), env=env)
+        assert r.returncode != 0 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert 'TIKTOKEN_CACHE_DIR' in r.stderr and "get_encoding('gpt2')" in r.stderr
+        assert not (tmp_path / name / 'train.bin').exists()
+
+
+def test_offline_without_input_gives_a_one_line_error(tmp_path):
+    for name, extra in (('openwebtext', []), ('fineweb_edu', ['--streaming']), ('shakespeare', [])):
+        r = run_script(name, '--out_dir', str(tmp_path / name), *extra, env=dict(OFFLINE, HF_HOME=str(tmp_path / 'hf')))
+        assert r.returncode != 0 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert '--input' in r.stderr
+    (tmp_path / 'bad.jsonl').write_text('{"title": "no text field"}\n')
+    r = run_script('openwebtext', '--input', str(tmp_path / 'bad.jsonl'), '--out_dir', str(tmp_path / 'b'),
+                   '--num_workers', '1', env=OFFLINE)
+    assert r.returncode != 0 and "'text' field" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
