@@ -168,11 +168,14 @@ def explain_lost_ranks(main):
                 raise
             if not (isinstance(e, dist.DistError) or lost.search(str(e))):
                 raise
-            rank = dist.get_rank() if dist.is_initialized() else '?'
             # gloo's messages start with its source location and go on with advice; keep the fact
             detail = re.sub(r'^\[[^\]]*\]\s*', '', ' '.join(str(e).split())).split('. ')[0][:200]
-            raise UserError(f"rank {rank} lost contact with the other ranks ({detail}). Another rank crashed, "
-                            f"was killed or hung longer than ddp_timeout: see its log, then restart "
+            if not dist.is_initialized():  # still joining
+                raise UserError(f"could not connect to the other ranks ({detail}): check that all of them "
+                                f"started and reach MASTER_ADDR:MASTER_PORT ({os.environ.get('MASTER_ADDR')}:"
+                                f"{os.environ.get('MASTER_PORT')})") from None
+            raise UserError(f"rank {dist.get_rank()} lost contact with the other ranks ({detail}). Another rank "
+                            f"crashed, was killed or hung longer than ddp_timeout: see its log, then restart "
                             f"with --init_from=resume") from None
     return wrapper
 

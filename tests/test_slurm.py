@@ -1,0 +1,205 @@
+"""slurm/train_gpt2.sbatch on a real one-node SLURM cluster, with 2 CPU tasks instead of GPUs:
+a full run, a SIGUSR1 that checkpoints and ends the job, and a SIGUSR1 that requeues it so that
+it resumes by itself. Resumed runs must end with the same weights as the uninterrupted one.
+
+Needs a running cluster: `bash .ci/start-slurm.sh` (as root) starts one on this machine. Without
+one these tests skip, except under CI (CI=true), where they fail."""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from conftest import REPO, TINY_MODEL, shared_file, write_char_dataset
+
+import checkpoint
+
+ITERS = 150
+TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', f'--max_iters={ITERS}', '--eval_interval=50', '--eval_iters=4',
+         '--log_interval=5', '--learning_rate=3e-3', '--warmup_iters=5', f'--lr_decay_iters={ITERS}',
+         '--gradient_accumulation_steps=2']
+# the GPU script's resources, overridden for this machine: 2 tasks on 1 node, 1 core each, no GPU
+ON_CPUS = ['--nodes=1', '--ntasks-per-node=2', '--cpus-per-task=1', '--gpus-per-node=0', '--time=10']
+ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE')
+
+
+def slurm_problem():
+    """Why the cluster cannot run these tests, or None."""
+    if not shutil.which('sbatch'):
+        return "SLURM is not installed"
+    try:
+        ping = subprocess.run(['scontrol', 'ping'], capture_output=True, text=True, timeout=20).stdout
+    except subprocess.TimeoutExpired:
+        return "scontrol ping timed out"
+    if 'UP' not in ping:
+        return "no SLURM controller answers `scontrol ping`"
+    cpus = subprocess.run(['sinfo', '-h', '-o', '%c'], capture_output=True, text=True).stdout.split()
+    if not any(c.rstrip('+').isdigit() and int(c.rstrip('+')) >= 2 for c in cpus):
+        return "no SLURM node has 2 CPUs"
+    return None
+
+
+@pytest.fixture(scope='module')
+def slurm():
+    problem = slurm_problem()
+    if problem:
+        if os.environ.get('CI', '').lower() not in ('', '0', 'false'):
+            pytest.fail(f"{problem}; CI must start the cluster first: bash .ci/start-slurm.sh")
+        pytest.skip(f"{problem}; start a one-node cluster with `bash .ci/start-slurm.sh` (as root)")
+
+
+@pytest.fixture(scope='module')
+def jobs(slurm):
+    """Submits jobs and cancels any that are left when the tests end, passed or failed."""
+    submitted = []
+
+    def submit(workdir, *args, options=()):
+        env = {k: v for k, v in os.environ.items()
+               if not k.startswith('SLURM_') and k not in ('RANK', 'WORLD_SIZE', 'LOCAL_RANK', 'MASTER_ADDR',
+                                                           'MASTER_PORT')}
+        env.update(PYTHON=sys.executable, CODE_DIR=str(REPO), OUT_DIR='out', PYTHONUNBUFFERED='1')
+        proc = subprocess.run(['sbatch', '--parsable', *ON_CPUS, *options, f'--chdir={workdir}',
+                               f'--output={workdir}/slurm-%j.out', str(REPO / 'slurm' / 'train_gpt2.sbatch'),
+                               *args], cwd=workdir, env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        job_id = proc.stdout.strip().split(';')[0]
+        submitted.append(job_id)
+        return job_id
+
+    yield submit
+    for job_id in submitted:
+        subprocess.run(['scancel', job_id], capture_output=True)
+
+
+def job_info(job_id):
+    """scontrol's fields for a job (accounting is off: a finished job is visible for MinJobAge)."""
+    out = subprocess.run(['scontrol', 'show', 'job', '-o', job_id], capture_output=True, text=True).stdout
+    return dict(re.findall(r'(\w+)=(\S*)', out))
+
+
+def wait_for(job_id, done, what, timeout=120):
+    """Poll every 0.5 s (sbatch --wait polls far more slowly) until done(info) holds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        info = job_info(job_id)
+        if done(info):
+            return info
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} did not {what} within {timeout} s: {job_info(job_id)}")
+
+
+def wait_until_ended(job_id, timeout=120):
+    return wait_for(job_id, lambda info: info.get('JobState') in ENDED, 'end', timeout)
+
+
+def wait_for_training(job_id, log, timeout=120):
+    """Until the job's log shows training iterations (the signal must land mid-run)."""
+    wait_for(job_id, lambda info: log.exists() and re.search(r'^iter \d+:', log.read_text(), re.M)
+             or info.get('JobState') in ENDED, 'start training', timeout)
+    assert job_info(job_id)['JobState'] == 'RUNNING', log.read_text()
+
+
+def log_of(workdir, job_id):
+    return workdir / f'slurm-{job_id}.out'
+
+
+def new_workdir(tmp_path_factory, name):
+    workdir = tmp_path_factory.mktemp(name)
+    write_char_dataset(workdir / 'data' / 'shakespeare_char', shared_file('tinyshakespeare.txt').read_text())
+    return workdir
+
+
+@pytest.fixture(scope='module')
+def full_run(jobs, tmp_path_factory):
+    """The sbatch script run to the end with 2 ranks: the reference for the resumed runs."""
+    workdir = new_workdir(tmp_path_factory, 'slurm-full')
+    job_id = jobs(workdir, *TRAIN)
+    info = wait_until_ended(job_id)
+    log = log_of(workdir, job_id).read_text()
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), log
+    return workdir, log
+
+
+def same_weights(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_sbatch_script_trains_with_two_ranks(full_run):
+    workdir, log = full_run
+    assert 'restart 0' in log and 'from scratch' in log
+    assert 'launched as slurm with 2 rank(s) on cpu' in log
+    assert f'done: {ITERS} iterations' in log
+    ckpt = checkpoint.load(workdir / 'out' / 'ckpt.pt')
+    assert ckpt['iter_num'] == ITERS and len(ckpt['rng']) == 2
+
+
+def test_launch_detection_in_a_real_job(jobs, slurm, tmp_path):
+    """The variables that the batch shell, srun tasks and a one-task srun really get."""
+    show = f"{sys.executable} -c 'import distributed; print(distributed.detect_launch())'"
+    script = f"echo batch: $({show}); srun --label {show}; echo one: $(srun -n1 {show})"
+    proc = subprocess.run(['sbatch', '--parsable', '--ntasks=2', '--cpus-per-task=1', f'--chdir={tmp_path}',
+                           f'--output={tmp_path}/detect.out', '--wrap', script], capture_output=True, text=True,
+                          env={**os.environ, 'PYTHONPATH': str(REPO)}, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(';')[0]
+    info = wait_until_ended(job_id)
+    out = (tmp_path / 'detect.out').read_text()
+    assert info['JobState'] == 'COMPLETED', out
+    port = 20000 + int(job_id) % 10000
+    first_node = subprocess.run(['scontrol', 'show', 'hostnames', info['NodeList']], capture_output=True,
+                                text=True).stdout.split()[0]
+    single = "Launch(rank=0, local_rank=0, world_size=1, node_rank=0, master_addr='127.0.0.1', master_port=29500, launcher='single')"
+    assert f"batch: {single}" in out  # SLURM_NTASKS=2 there, but it is not a task of a step
+    assert f"one: {single}" in out
+    for rank in (0, 1):
+        assert (f"{rank}: Launch(rank={rank}, local_rank={rank}, world_size=2, node_rank=0, "
+                f"master_addr='{first_node}', master_port={port}, launcher='slurm')") in out
+
+
+def test_usr1_checkpoints_ends_the_job_and_a_resubmission_resumes_exactly(jobs, full_run, tmp_path_factory):
+    workdir = new_workdir(tmp_path_factory, 'slurm-usr1')
+    job_id = jobs(workdir, *TRAIN, options=['--no-requeue'])
+    log = log_of(workdir, job_id)
+    wait_for_training(job_id, log)
+    subprocess.run(['scancel', '--signal=USR1', job_id], check=True)  # to every task of the job's steps
+    info = wait_until_ended(job_id)
+    text = log.read_text()
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), text
+    stopped = re.search(r'received SIGUSR1: saving a checkpoint at iteration (\d+) and exiting', text)
+    assert stopped and int(stopped[1]) < ITERS, text
+    assert checkpoint.load(workdir / 'out' / 'ckpt.pt')['iter_num'] == int(stopped[1])
+    assert 'was not requeued' in text  # submitted with --no-requeue
+
+    job_id = jobs(workdir, *TRAIN)  # the same submission again
+    info = wait_until_ended(job_id)
+    text = log_of(workdir, job_id).read_text()
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), text
+    assert '--init_from=resume' in text and 'resuming training from out/ckpt.pt' in text
+    assert f'done: {ITERS} iterations' in text
+    assert same_weights(checkpoint.load(workdir / 'out' / 'ckpt.pt')['model'],
+                        checkpoint.load(full_run[0] / 'out' / 'ckpt.pt')['model'])
+
+
+def test_usr1_requeues_the_job_which_resumes_by_itself(jobs, full_run, tmp_path_factory):
+    workdir = new_workdir(tmp_path_factory, 'slurm-requeue')
+    job_id = jobs(workdir, *TRAIN)  # the script asks for --requeue
+    log = log_of(workdir, job_id)
+    wait_for_training(job_id, log)
+    subprocess.run(['scancel', '--signal=USR1', job_id], check=True)
+    wait_for(job_id, lambda info: info.get('Restarts') == '1' and info.get('JobState') == 'PENDING', 'requeue')
+    # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it now
+    subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True)
+    info = wait_until_ended(job_id)
+    text = log.read_text()  # both runs, appended (--open-mode=append)
+    assert (info['JobState'], info['ExitCode'], info['Restarts']) == ('COMPLETED', '0:0', '1'), text
+    assert f'requeued SLURM job {job_id}' in text
+    first, second = text.split('(restart 1)')
+    assert 'received SIGUSR1' in first and 'from scratch' in first
+    assert 'resuming training from out/ckpt.pt' in second and f'done: {ITERS} iterations' in second
+    assert same_weights(checkpoint.load(workdir / 'out' / 'ckpt.pt')['model'],
+                        checkpoint.load(full_run[0] / 'out' / 'ckpt.pt')['model'])
