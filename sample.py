@@ -71,17 +71,21 @@ class Codec:
                 ids.append(self.stoi[specials[i]])
         return ids
 
-    def decoder(self):
-        """A function from one token id to the text it completes. BPE tokens can split a UTF-8
-        character, so bytes wait in an incremental decoder until the character is whole."""
-        if self.vocab['tokenizer'] == 'char':
-            return lambda i: self.itos[i]
-        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-        return lambda i: utf8.decode(self.enc.decode_single_token_bytes(i))
-
     def decode(self, ids):
-        piece = self.decoder()
-        return ''.join(piece(i) for i in ids)
+        if self.vocab['tokenizer'] == 'char':
+            return ''.join(self.itos[i] for i in ids)
+        return self.enc.decode(ids)
+
+    def decode_stream(self, ids):
+        """Yield the text of a stream of token ids as soon as it is printable. A BPE token can end
+        inside a UTF-8 character, so its bytes wait in an incremental decoder until it is whole."""
+        if self.vocab['tokenizer'] == 'char':
+            yield from (self.itos[i] for i in ids)
+            return
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        for i in ids:
+            yield utf8.decode(self.enc.decode_single_token_bytes(i))
+        yield utf8.decode(b'', final=True)
 
 
 def get_encoding(name):
@@ -159,10 +163,9 @@ def main(argv):
             tokens = model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                                            cfg.top_p, kv_cache=cfg.kv_cache)
             if cfg.stream:
-                decode = codec.decoder()
                 print(prompt, end='', flush=True)
-                for token in tokens:
-                    print(decode(token.item()), end='', flush=True)
+                for piece in codec.decode_stream(token.item() for token in tokens):
+                    print(piece, end='', flush=True)
                 print()
             else:  # keep the tokens on the device until the end: no host sync per step
                 print(prompt + codec.decode(torch.cat(list(tokens), dim=1)[0].tolist()))
