@@ -2,9 +2,8 @@
   - nanoGPT's encoding (read the whole text, sorted(set(text)), [stoi[c] for c in text]) as the reference,
   - data/char.py with 1 worker (in-process, no Ray) and with N Ray workers.
 The corpus is tinystories_train_head2MiB.txt repeated to --size. Each variant runs in a fresh subprocess;
-the peak memory is the largest sum of RSS over that subprocess and all its descendants (Ray's GCS,
-raylet and workers included), sampled every 20 ms. Summing RSS counts shared pages (libraries, Ray's
-object store) once per process, so it is an upper bound. MB/s is input bytes / seconds of the
+the peak memory is the largest sum of RSS over that subprocess and all its descendants, Ray's
+processes included (bench/procmem.py). MB/s is input bytes / seconds of the
 preparation itself; Ray start-up (ray.init, paid once per run or not at all on a running cluster) is
 timed and shown separately, and "wall" is the whole subprocess (Python start, imports, Ray, writing).
 
@@ -14,13 +13,14 @@ timed and shown separately, and "wall" is the whole subprocess (Python start, im
 import argparse
 import json
 import os
-import subprocess
+import shutil
 import sys
 import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.pipeline import parse_size  # noqa: E402
+from procmem import run_with_peak_rss  # noqa: E402  (bench/procmem.py)
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       'shared', 'data', 'tinystories_train_head2MiB.txt')
@@ -57,10 +57,9 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
         from data.pipeline import Corpus
         if workers > 1:  # start Ray first and time it apart: a cluster user pays it once, or never
             import ray
+            from data.pipeline import start_ray
             t0 = time.perf_counter()
-            os.environ['PYTHONPATH'] = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-            ray.init(num_cpus=workers, include_dashboard=False, configure_logging=False,
-                     object_store_memory=256 << 20)
+            start_ray(workers)
             t_ray = time.perf_counter() - t0
         t0 = time.perf_counter()
         char.prepare(Corpus([corpus]), out_dir, stories=True, val_fraction=0.01, seed=2357, num_workers=workers,
@@ -71,38 +70,12 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
     print('RESULT ' + json.dumps(dict(seconds=dt, ray_init=t_ray)), flush=True)
 
 
-def import_psutil():
-    try:
-        import psutil
-    except ImportError:  # Ray ships its own copy and puts it on sys.path when imported
-        import ray  # noqa: F401
-        import psutil
-    return psutil
-
-
 def measure(args, mode, workers, corpus, out_dir):
-    psutil = import_psutil()
     cmd = [sys.executable, os.path.abspath(__file__), '--_child', mode, '--_workers', str(workers),
            '--_corpus', corpus, '--_out', out_dir, '--chunk_size', str(args.chunk_size)]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    root, peak = psutil.Process(proc.pid), 0
-    while proc.poll() is None:
-        rss = 0
-        try:
-            for p in [root] + root.children(recursive=True):
-                try:
-                    rss += p.memory_info().rss
-                except psutil.Error:
-                    pass
-        except psutil.Error:
-            pass
-        peak = max(peak, rss)
-        time.sleep(0.02)
-    wall = time.perf_counter() - t0
-    out = proc.stdout.read()
+    rc, out, wall, peak = run_with_peak_rss(cmd)
     res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith('RESULT ')]
-    if proc.returncode or not res:
+    if rc or not res:
         sys.exit(f"{mode} with {workers} worker(s) failed:\n{out}")
     return dict(res[0], wall=wall, peak=peak)
 
@@ -124,10 +97,13 @@ def main():
     make_corpus(corpus, args.size)
     mb = os.path.getsize(corpus) / 1e6
     variants = ([] if args.skip_reference else [('reference', 1)]) + [('pipeline', 1), ('pipeline', args.workers)]
+    print(f"corpus {corpus} ({mb:.0f} MB), {os.cpu_count()} CPUs, load average before: "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
     rows = []
     for mode, w in variants:
         out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
-        os.makedirs(out_dir, exist_ok=True)
+        shutil.rmtree(out_dir, ignore_errors=True)  # replacing big old bins costs time we do not want to count
+        os.makedirs(out_dir)
         r = measure(args, mode, w, corpus, out_dir)
         rows.append((mode, w, r))
         print(f"{mode:>9} workers={w}: {mb / r['seconds']:7.1f} MB/s ({r['seconds']:.2f} s; ray.init {r['ray_init']:.1f} s, "
@@ -136,8 +112,9 @@ def main():
     if 1 in base and args.workers in base and args.workers > 1:
         a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, args.workers)]
         same = all(open(os.path.join(a, f), 'rb').read() == open(os.path.join(b, f), 'rb').read() for f in ('train.bin', 'val.bin'))
-        print(f"corpus {mb:.0f} MB, chunk {args.chunk_size >> 20} MiB: {args.workers} vs 1 worker "
-              f"{base[1]['seconds'] / base[args.workers]['seconds']:.2f}x; identical output: {same}")
+        print(f"chunk {args.chunk_size >> 20} MiB: {args.workers} vs 1 worker "
+              f"{base[1]['seconds'] / base[args.workers]['seconds']:.2f}x; identical output: {same}; load average after: "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
 
 
 if __name__ == '__main__':

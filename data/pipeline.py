@@ -206,6 +206,21 @@ def iter_hf_batches(ds, batch_bytes, rows_per_read=1000):
 
 # ----------------------------------------------------------------------------- workers
 
+def start_ray(num_workers, address=None):
+    """ray.init for the data pipelines: a local Ray with num_workers CPUs, or join the cluster at address."""
+    import ray
+    # the workers import data.* by name: make the repository importable for them
+    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')]))
+    # Ray runs its workers at nice 15; preparing the data is the job here, so run them like this process
+    os.environ.setdefault('RAY_worker_niceness', '0')
+    kw = dict(address=address) if address else dict(
+        num_cpus=num_workers, object_store_memory=max(256 * MiB, 64 * MiB * num_workers))
+    try:
+        ray.init(include_dashboard=False, configure_logging=False, **kw)
+    except ConnectionError as e:
+        raise UserError(f"cannot join the Ray cluster at {address}: {e}")
+
+
 class Workers:
     """An ordered map over worker processes. One worker (and no --ray_address): plain calls in this
     process, so a small job pays no Ray start-up. Otherwise Ray tasks, at most 2 per worker in flight,
@@ -220,14 +235,7 @@ class Workers:
         import ray
         self.ray = ray
         if not ray.is_initialized():
-            # the workers import data.* by name: make the repository importable for them
-            os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [REPO_ROOT, os.environ.get('PYTHONPATH')]))
-            kw = dict(address=ray_address) if ray_address else dict(
-                num_cpus=num_workers, object_store_memory=max(256 * MiB, 64 * MiB * num_workers))
-            try:
-                ray.init(include_dashboard=False, log_to_driver=True, configure_logging=False, **kw)
-            except ConnectionError as e:
-                raise UserError(f"cannot join the Ray cluster at {ray_address}: {e}")
+            start_ray(num_workers, ray_address)
             self.started_ray = True
 
     def __enter__(self):

@@ -69,8 +69,8 @@ def write_inputs(tmp_path, docs):
 @pytest.fixture(scope='module')
 def ray_2cpus():
     ray = pytest.importorskip('ray')
-    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, object_store_memory=128 << 20)
+    from data.pipeline import start_ray
+    start_ray(2)
     yield ray
     ray.shutdown()
 

@@ -50,8 +50,8 @@ def write(path, text):
 def ray_2cpus():
     """One local Ray for the module's parallel tests (ray.init costs seconds); shut down afterwards."""
     ray = pytest.importorskip('ray')
-    os.environ['PYTHONPATH'] = os.pathsep.join(filter(None, [str(REPO), os.environ.get('PYTHONPATH')]))
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, object_store_memory=128 << 20)
+    from data.pipeline import start_ray
+    start_ray(2)
     yield ray
     ray.shutdown()
 

@@ -1,0 +1,127 @@
+"""Benchmark GPT-2 BPE preparation: tokens/s and peak memory, side by side in one run, for
+  - the reference: one process, tiktoken's encode_ordinary_batch (its default thread pool) over batches
+    of documents read from the .jsonl, EOT appended, written to a uint16 file;
+  - data/bpe.py with 1 worker (in-process, no Ray) and with N Ray workers.
+The corpus is c4_sample_1000docs.jsonl.gz (real web documents) repeated to --size as plain .jsonl.
+Each variant runs in a fresh subprocess; peak memory is the largest sum of RSS over it and all its
+descendants, Ray's processes included (bench/procmem.py). Ray start-up is timed apart, as in
+bench/prepare_char.py. Needs TIKTOKEN_CACHE_DIR offline (set to ../shared/data/tiktoken_cache if unset).
+
+    python bench/prepare_bpe.py --size 200M --workers 2
+"""
+import argparse
+import gzip
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from data.pipeline import parse_size  # noqa: E402
+from procmem import run_with_peak_rss  # noqa: E402  (bench/procmem.py)
+
+SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'data')
+os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
+
+
+def make_corpus(path, size):
+    if os.path.exists(path) and os.path.getsize(path) >= size:
+        return
+    with gzip.open(os.path.join(SHARED, 'c4_sample_1000docs.jsonl.gz'), 'rb') as f:
+        data = f.read()
+    with open(path + '.part', 'wb') as f:
+        for _ in range(-(-size // len(data))):  # whole copies: every line stays a complete document
+            f.write(data)
+    os.replace(path + '.part', path)
+
+
+def run_variant(mode, corpus, workers, chunk_size, out_dir):
+    import numpy as np
+    t_ray = 0.0
+    if mode == 'reference':
+        import tiktoken
+        enc = tiktoken.get_encoding('gpt2')
+        t0 = time.perf_counter()
+        n_tokens = 0
+        with open(corpus, 'rb') as f, open(os.path.join(out_dir, 'reference.bin'), 'wb') as out:
+            while True:
+                lines = f.readlines(chunk_size)
+                if not lines:
+                    break
+                for ids in enc.encode_ordinary_batch([json.loads(line)['text'] for line in lines]):
+                    ids.append(enc.eot_token)
+                    out.write(np.array(ids, np.uint16).tobytes())
+                    n_tokens += len(ids)
+        dt = time.perf_counter() - t0
+    else:
+        from data import bpe
+        from data.pipeline import Corpus
+        if workers > 1:
+            import ray
+            from data.pipeline import start_ray
+            t0 = time.perf_counter()
+            start_ray(workers)
+            t_ray = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        meta = bpe.prepare(Corpus([corpus]), out_dir, val_fraction=0.0005, seed=2357, num_workers=workers,
+                           chunk_size=chunk_size)
+        dt = time.perf_counter() - t0
+        n_tokens = meta['train_tokens'] + meta['val_tokens']
+        if workers > 1:
+            ray.shutdown()
+    print('RESULT ' + json.dumps(dict(seconds=dt, ray_init=t_ray, tokens=n_tokens)), flush=True)
+
+
+def measure(args, mode, workers, corpus, out_dir):
+    cmd = [sys.executable, os.path.abspath(__file__), '--_child', mode, '--_workers', str(workers),
+           '--_corpus', corpus, '--_out', out_dir, '--chunk_size', str(args.chunk_size)]
+    rc, out, wall, peak = run_with_peak_rss(cmd)
+    res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith('RESULT ')]
+    if rc or not res:
+        sys.exit(f"{mode} with {workers} worker(s) failed:\n{out}")
+    return dict(res[0], wall=wall, peak=peak)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('--size', type=parse_size, default=parse_size('200M'), help='corpus size (default 200M)')
+    p.add_argument('--workers', type=int, default=os.cpu_count(), help='N for the parallel run (default: cpu count)')
+    p.add_argument('--chunk_size', type=parse_size, default=parse_size('4M'))
+    p.add_argument('--work_dir', default=os.path.join(tempfile.gettempdir(), 'bench_prepare_bpe'))
+    p.add_argument('--skip_reference', action='store_true')
+    p.add_argument('--_child'), p.add_argument('--_workers', type=int), p.add_argument('--_corpus'), p.add_argument('--_out')
+    args = p.parse_args()
+    if args._child:
+        return run_variant(args._child, args._corpus, args._workers, args.chunk_size, args._out)
+
+    os.makedirs(args.work_dir, exist_ok=True)
+    corpus = os.path.join(args.work_dir, f'c4_{args.size}.jsonl')
+    make_corpus(corpus, args.size)
+    mb = os.path.getsize(corpus) / 1e6
+    print(f"corpus {corpus} ({mb:.0f} MB of JSON lines), {os.cpu_count()} CPUs, load average before: "
+          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    variants = ([] if args.skip_reference else [('reference', 1)]) + [('pipeline', 1), ('pipeline', args.workers)]
+    res = {}
+    for mode, w in variants:
+        out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
+        shutil.rmtree(out_dir, ignore_errors=True)
+        os.makedirs(out_dir)
+        r = res[mode, w] = measure(args, mode, w, corpus, out_dir)
+        print(f"{mode:>9} workers={w}: {r['tokens'] / r['seconds'] / 1e6:6.2f} M tokens/s ({mb / r['seconds']:5.1f} MB/s, "
+              f"{r['seconds']:.1f} s; ray.init {r['ray_init']:.1f} s, wall {r['wall']:.1f} s)  "
+              f"peak RSS {r['peak'] / 2**20:6.0f} MiB", flush=True)
+    n = args.workers
+    if ('pipeline', 1) in res and ('pipeline', n) in res and n > 1:
+        a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, n)]
+        same = all(open(os.path.join(a, f), 'rb').read() == open(os.path.join(b, f), 'rb').read() for f in ('train.bin', 'val.bin'))
+        line = f"{n} vs 1 worker {res['pipeline', 1]['seconds'] / res['pipeline', n]['seconds']:.2f}x"
+        if ('reference', 1) in res:
+            line += f"; {n} workers vs reference {res['reference', 1]['seconds'] / res['pipeline', n]['seconds']:.2f}x"
+        print(f"{line}; identical output for 1 and {n} workers: {same}; load average after: "
+              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+
+
+if __name__ == '__main__':
+    main()
