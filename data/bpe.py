@@ -102,7 +102,7 @@ def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, nu
 def add_args(p):
     """The BPE scripts' options on top of pipeline.add_common_args."""
     p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
-    p.add_argument('--max_tokens', type=int, default=None,
+    p.add_argument('--max_tokens', type=lambda x: int(float(x)), default=None,
                    help='stop after this many tokens (train + val), at a document boundary')
     p.add_argument('--streaming', action='store_true',
                    help='stream the Hugging Face dataset instead of downloading it first: for a dataset larger '

@@ -8,6 +8,8 @@ What lives here, once:
 - the train/val split by documents with a fixed seed (val_mask);
 - the output: train.bin / val.bin written to temporary files and renamed into place at the end,
   meta.json beside them.
+A chunk is a whole number of documents, so a task never needs its neighbours; results come back
+in order, so the output does not depend on the worker count.
 """
 import argparse
 import collections
@@ -40,7 +42,9 @@ def cli(main):
         sys.exit(130)
 
 
-def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, num_workers=os.cpu_count() or 1):
+def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, num_workers=os.cpu_count() or 1,
+                    split_unit='documents (seeded)'):
+    """The options every prepare script shares."""
     p.add_argument('--input', nargs='+', metavar='PATH',
                    help='local files instead of downloading: .txt, .jsonl, .jsonl.gz or .parquet (a "text" field)')
     p.add_argument('--out_dir', default=out_dir, help='where train.bin, val.bin and meta.json go (default: %(default)s)')
@@ -51,7 +55,7 @@ def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, num_
     p.add_argument('--ray_address', default=None,
                    help='join a running Ray cluster (e.g. "auto" or host:port) instead of starting a local one')
     p.add_argument('--val_fraction', type=float, default=val_fraction,
-                   help='fraction of documents that go to val.bin (default: %(default)s)')
+                   help=f'fraction of the {split_unit} that go to val.bin (default: %(default)s)')
     p.add_argument('--seed', type=int, default=seed, help='seed of the train/val split (default: %(default)s)')
     return p
 
@@ -180,6 +184,10 @@ def _parse_jsonl(lines, path):
 
 def load_hf_dataset(name, config=None, split='train', streaming=False):
     """A Hugging Face dataset, or a one-line error that says how to work offline."""
+    if 'datasets' not in sys.modules and not _hub_reachable():
+        # without this the hub client retries for ~25 s, printing a warning each time, before failing;
+        # offline mode still finds a dataset downloaded earlier in the local cache
+        os.environ['HF_HUB_OFFLINE'] = '1'
     try:
         import datasets
         return datasets.load_dataset(name, config, split=split, streaming=streaming)
@@ -188,6 +196,22 @@ def load_hf_dataset(name, config=None, split='train', streaming=False):
         raise UserError(f"cannot load the Hugging Face dataset {name}{'/' + config if config else ''} ({first}); "
                         f"offline, pass local files with --input FILE [FILE ...] (.txt, .jsonl, .jsonl.gz or .parquet "
                         f"with a 'text' field)")
+
+
+def _hub_reachable(timeout=5):
+    """A quick look for the Hugging Face hub (behind a proxy we cannot tell: assume yes)."""
+    if os.environ.get('HF_HUB_OFFLINE') or os.environ.get('HF_DATASETS_OFFLINE'):
+        return False
+    if any(os.environ.get(k) for k in ('https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY')):
+        return True
+    import socket
+    import urllib.parse
+    host = urllib.parse.urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co')).hostname
+    try:
+        socket.create_connection((host, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
 
 
 def iter_hf_batches(ds, batch_bytes, rows_per_read=1000):
@@ -202,6 +226,77 @@ def iter_hf_batches(ds, batch_bytes, rows_per_read=1000):
                 batch, n = [], 0
     if batch:
         yield batch
+
+
+# ----------------------------------------------------------------------------- corpus
+
+SEPARATOR = '<|endoftext|>'  # between documents in .txt inputs, as in the TinyStories and OpenWebText dumps
+
+
+class Corpus:
+    """The text to prepare: local files (--input) or a Hugging Face dataset, handed out as chunks of
+    about chunk_size bytes. A chunk is a small description: ('file', path, start, end, last) for a byte
+    range of a .txt file (the worker reads it itself, so the text never passes through this process), or
+    ('texts', [documents]) for rows of .jsonl(.gz) / .parquet / a dataset. chunks() can be called again
+    for a second pass over the same text."""
+
+    def __init__(self, paths=None, dataset=None, name=None, batches=None):
+        self.paths, self.dataset, self.batches = paths, dataset, batches
+        self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else getattr(dataset, 'info', None)
+                             and dataset.info.dataset_name)
+        if batches is not None:  # documents already in memory (tiny shakespeare)
+            self.total_bytes = sum(len(d) for b in batches for d in b)
+        elif paths:  # exact for .txt / .jsonl; compressed and columnar files are counted in text bytes
+            exact = all(is_text_file(p) or p.lower().endswith('.jsonl') for p in paths)
+            self.total_bytes = sum(os.path.getsize(p) for p in paths) if exact else None
+        else:
+            try:  # an estimate (Arrow buffers) for a downloaded dataset; unknown when streaming
+                self.total_bytes = dataset.data.nbytes
+            except AttributeError:
+                self.total_bytes = None
+
+    def chunks(self, chunk_size, sep=SEPARATOR):
+        sep_b = sep.encode() if sep else None
+        if self.batches is not None:
+            yield from (('texts', b) for b in self.batches)
+            return
+        if self.dataset is not None:
+            for texts in iter_hf_batches(self.dataset, chunk_size):
+                yield ('texts', texts)
+            return
+        for path in self.paths:
+            if is_text_file(path) or path.lower().endswith('.jsonl'):  # byte ranges, read by the workers
+                ranges = list(text_ranges(path, chunk_size, sep_b if is_text_file(path) else b'\n'))
+                for i, (start, end) in enumerate(ranges):
+                    yield ('file', path, start, end, i == len(ranges) - 1)
+            else:  # compressed or columnar: read here, documents shipped to the workers
+                for texts in iter_row_batches(path, chunk_size):
+                    yield ('texts', texts)
+
+
+def chunk_progress(chunk, n_text_bytes):
+    """Bytes to count on a progress bar for a chunk: file bytes for byte ranges, text bytes for rows."""
+    return chunk[3] - chunk[2] if chunk[0] == 'file' else n_text_bytes
+
+
+def chunk_documents(chunk):
+    """The documents of a chunk. In a .txt file they are the text between separators; the text around a
+    separator is kept as it is, only a whitespace-only remainder after a file's last separator (its final
+    newline) is dropped. In .jsonl they are the "text" fields."""
+    if chunk[0] == 'texts':
+        return chunk[1]
+    _, path, start, end, last = chunk
+    buf = read_range(path, start, end)
+    if path.lower().endswith('.jsonl'):
+        return list(_parse_jsonl(buf.splitlines(), path))
+    try:
+        text = buf.decode('utf-8')
+    except UnicodeDecodeError as e:
+        raise UserError(f"{path} is not valid UTF-8 (byte {start + e.start})")
+    docs = text.split(SEPARATOR)
+    if docs[-1] == '' or (last and not docs[-1].strip()):
+        docs.pop()
+    return docs
 
 
 # ----------------------------------------------------------------------------- workers
@@ -351,74 +446,3 @@ def progress(total, desc, unit='B'):
     from tqdm import tqdm
     return tqdm(total=total, desc=desc, unit=unit, unit_scale=True, unit_divisor=1000, smoothing=0.1,
                 dynamic_ncols=True, file=sys.stderr)
-
-
-# ----------------------------------------------------------------------------- corpus
-
-SEPARATOR = '<|endoftext|>'  # between documents in .txt inputs, as in the TinyStories and OpenWebText dumps
-
-
-class Corpus:
-    """The text to prepare: local files (--input) or a Hugging Face dataset, handed out as chunks of
-    about chunk_size bytes. A chunk is a small description: ('file', path, start, end, last) for a byte
-    range of a .txt file (the worker reads it itself, so the text never passes through this process), or
-    ('texts', [documents]) for rows of .jsonl(.gz) / .parquet / a dataset. chunks() can be called again
-    for a second pass over the same text."""
-
-    def __init__(self, paths=None, dataset=None, name=None, batches=None):
-        self.paths, self.dataset, self.batches = paths, dataset, batches
-        self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else getattr(dataset, 'info', None)
-                             and dataset.info.dataset_name)
-        if batches is not None:  # documents already in memory (tiny shakespeare)
-            self.total_bytes = sum(len(d) for b in batches for d in b)
-        elif paths:  # exact for .txt / .jsonl; compressed and columnar files are counted in text bytes
-            exact = all(is_text_file(p) or p.lower().endswith('.jsonl') for p in paths)
-            self.total_bytes = sum(os.path.getsize(p) for p in paths) if exact else None
-        else:
-            try:  # an estimate (Arrow buffers) for a downloaded dataset; unknown when streaming
-                self.total_bytes = dataset.data.nbytes
-            except AttributeError:
-                self.total_bytes = None
-
-    def chunks(self, chunk_size, sep=SEPARATOR):
-        sep_b = sep.encode() if sep else None
-        if self.batches is not None:
-            yield from (('texts', b) for b in self.batches)
-            return
-        if self.dataset is not None:
-            for texts in iter_hf_batches(self.dataset, chunk_size):
-                yield ('texts', texts)
-            return
-        for path in self.paths:
-            if is_text_file(path) or path.lower().endswith('.jsonl'):  # byte ranges, read by the workers
-                ranges = list(text_ranges(path, chunk_size, sep_b if is_text_file(path) else b'\n'))
-                for i, (start, end) in enumerate(ranges):
-                    yield ('file', path, start, end, i == len(ranges) - 1)
-            else:  # compressed or columnar: read here, documents shipped to the workers
-                for texts in iter_row_batches(path, chunk_size):
-                    yield ('texts', texts)
-
-
-def chunk_progress(chunk, n_text_bytes):
-    """Bytes to count on a progress bar for a chunk: file bytes for byte ranges, text bytes for rows."""
-    return chunk[3] - chunk[2] if chunk[0] == 'file' else n_text_bytes
-
-
-def chunk_documents(chunk):
-    """The documents of a chunk. In a .txt file they are the text between separators; the text around a
-    separator is kept as it is, only a whitespace-only remainder after a file's last separator (its final
-    newline) is dropped. In .jsonl they are the "text" fields."""
-    if chunk[0] == 'texts':
-        return chunk[1]
-    _, path, start, end, last = chunk
-    buf = read_range(path, start, end)
-    if path.lower().endswith('.jsonl'):
-        return list(_parse_jsonl(buf.splitlines(), path))
-    try:
-        text = buf.decode('utf-8')
-    except UnicodeDecodeError as e:
-        raise UserError(f"{path} is not valid UTF-8 (byte {start + e.start})")
-    docs = text.split(SEPARATOR)
-    if docs[-1] == '' or (last and not docs[-1].strip()):
-        docs.pop()
-    return docs

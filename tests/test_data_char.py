@@ -151,6 +151,12 @@ def test_offline_without_input_is_a_one_line_error(tmp_path):
         assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and '--input' in r.stderr, r.stderr
         assert not (tmp_path / name / 'train.bin').exists()
+    # no offline flags, the hub just unreachable: a quick one-line error, not ~25 s of retry warnings
+    env = {k: v for k, v in os.environ.items() if 'proxy' not in k.lower() and not k.startswith('HF_')}
+    r = subprocess.run([sys.executable, 'data/tinystories_char/prepare.py', '--out_dir', str(tmp_path / 'x')], cwd=REPO,
+                       env=dict(env, HF_ENDPOINT='https://127.0.0.1:9', HF_HOME=str(tmp_path / 'hf')),
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and '--input' in r.stderr, r.stderr
     r = run_script('tinystories_char', '--input', str(tmp_path / 'missing.txt'), '--out_dir', str(tmp_path))
     assert r.returncode != 0 and r.stderr.strip() == f"error: input file not found: {tmp_path / 'missing.txt'}"
     write(tmp_path / 'x.csv', 'a,b')
