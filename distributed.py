@@ -119,11 +119,13 @@ def setup(launch, device, backend='auto', timeout_s=600):
     if not launch.ddp:
         return device
     if device.startswith('cuda'):
-        if launch.local_rank >= torch.cuda.device_count():
-            raise UserError(f"rank {launch.rank} has local rank {launch.local_rank} but its node has "
-                            f"{torch.cuda.device_count()} GPU(s): start one process per GPU "
-                            f"(torchrun --nproc_per_node, srun --ntasks-per-node)")
-        device = f'cuda:{launch.local_rank}'
+        n_gpus = torch.cuda.device_count()
+        # a task that SLURM bound to its own GPU (--gpus-per-task=1) sees just that one, as cuda:0
+        index = 0 if n_gpus == 1 else launch.local_rank
+        if index >= n_gpus:
+            raise UserError(f"rank {launch.rank} has local rank {launch.local_rank} but sees {n_gpus} GPU(s): "
+                            f"start one process per GPU (torchrun --nproc_per_node, srun --ntasks-per-node)")
+        device = f'cuda:{index}'
         torch.cuda.set_device(device)
     if backend == 'auto':
         backend = 'nccl' if device.startswith('cuda') else 'gloo'

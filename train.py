@@ -101,12 +101,12 @@ class RandomBatches:
         data = np.memmap(self.path, dtype=self.dtype, mode='r')
         ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=self.generator)
         windows = torch.from_numpy(data[ix.numpy()[:, None] + self.offsets].astype(np.int64))
-        x, y = windows[:, :-1], windows[:, 1:]
+        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
         if self.device.startswith('cuda'):
             # pinned memory lets the copy to the GPU run asynchronously (non_blocking=True)
             return (x.pin_memory().to(self.device, non_blocking=True),
                     y.pin_memory().to(self.device, non_blocking=True))
-        return x.contiguous().to(self.device), y.contiguous().to(self.device)
+        return x.to(self.device), y.to(self.device)
 
 
 def read_vocab(data_dir):
@@ -337,7 +337,7 @@ def main(argv):
         print0("compiling the model... (takes a ~minute)")
         model = torch.compile(model)
     if launch.ddp:
-        model = DDP(model, device_ids=[launch.local_rank] if device_type == 'cuda' else None)
+        model = DDP(model, device_ids=[device] if device_type == 'cuda' else None)
 
     # -------------------------------------------------------------------------
     # helpers that close over the run's state

@@ -33,7 +33,7 @@ def slurm_problem():
     if not shutil.which('sbatch'):
         return "SLURM is not installed"
     try:
-        ping = subprocess.run(['scontrol', 'ping'], capture_output=True, text=True, timeout=20).stdout
+        ping = subprocess.run(['scontrol', 'ping'], capture_output=True, text=True, timeout=10).stdout
     except subprocess.TimeoutExpired:
         return "scontrol ping timed out"
     if 'UP' not in ping:
