@@ -176,3 +176,17 @@ def test_offline_without_input_gives_a_one_line_error(tmp_path):
     r = run_script('openwebtext', '--input', str(tmp_path / 'bad.jsonl'), '--out_dir', str(tmp_path / 'b'),
                    '--num_workers', '1', env=OFFLINE)
     assert r.returncode != 0 and "'text' field" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_hf_dataset_and_its_streaming_form_match_local_files(tmp_path):
+    datasets = pytest.importorskip('datasets')
+    docs = c4_docs(120)
+    ds = datasets.Dataset.from_dict({'text': docs, 'id': list(range(len(docs)))})
+    jsonl = write_inputs(tmp_path, docs)[0]
+    outs = []
+    for name, corpus in (('file', Corpus([str(jsonl)])), ('dataset', Corpus(dataset=ds, name='d')),
+                         ('streaming', Corpus(dataset=ds.to_iterable_dataset(num_shards=3), name='d'))):
+        bpe.prepare(corpus, tmp_path / name, val_fraction=0.1, seed=4, chunk_size=30_000, max_tokens=40_000)
+        outs.append([(tmp_path / name / f).read_bytes() for f in ('train.bin', 'val.bin')])
+    assert outs[0] == outs[1] == outs[2]
+    assert 35_000 < (len(outs[0][0]) + len(outs[0][1])) // 2 <= 40_000

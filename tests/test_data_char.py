@@ -111,12 +111,15 @@ def test_rows_and_text_files_give_the_same_tokens(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
     pq.write_table(pa.table({'text': docs}), tmp_path / 'd.parquet', row_group_size=4)
+    import datasets
+    corpora = {name: Corpus([str(tmp_path / name)]) for name in ('d.txt', 'd.jsonl.gz', 'd.parquet')}
+    corpora['hf'] = Corpus(dataset=datasets.Dataset.from_dict({'text': docs}), name='hf')
     bins = []
-    for name in ('d.txt', 'd.jsonl.gz', 'd.parquet'):
-        char.prepare(Corpus([str(tmp_path / name)]), tmp_path / name.replace('.', '_'), stories=True,
-                     val_fraction=0.3, seed=3, chunk_size=100)
-        bins.append([(tmp_path / name.replace('.', '_') / f).read_bytes() for f in ('train.bin', 'val.bin')])
-    assert bins[0] == bins[1] == bins[2]
+    for name, corpus in corpora.items():
+        out = tmp_path / name.replace('.', '_')
+        char.prepare(corpus, out, stories=True, val_fraction=0.3, seed=3, chunk_size=100)
+        bins.append([(out / f).read_bytes() for f in ('train.bin', 'val.bin')])
+    assert bins[0] == bins[1] == bins[2] == bins[3]
 
 
 def test_vocab_over_65535_symbols_switches_to_uint32(tmp_path):
