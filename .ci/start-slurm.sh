@@ -23,6 +23,8 @@ if command -v scontrol >/dev/null && scontrol ping 2>/dev/null | grep -q UP; the
   wait_idle && { echo "SLURM already running"; exit 0; }
 fi
 
+[ "$(id -u)" = 0 ] || { echo "start-slurm.sh must run as root (it installs packages and starts daemons)" >&2; exit 1; }
+
 if ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then
   apt-get update -q
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
@@ -40,7 +42,7 @@ if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
   runuser -u munge -- /usr/sbin/munged
   for _ in $(seq 50); do munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && break; sleep 0.1; done
 fi
-munge -n | unmunge | grep -q 'STATUS: *Success'
+munge -n | unmunge | grep 'STATUS: *Success' >/dev/null  # not grep -q: with pipefail, a SIGPIPE would fail it
 
 # --- slurm.conf: one node with all cores, no accounting, no cgroups
 mkdir -p "$SLURM_DIR"/{state,spool,log} /etc/slurm
