@@ -108,6 +108,7 @@ def main():
         out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
         shutil.rmtree(out_dir, ignore_errors=True)
         os.makedirs(out_dir)
+        os.sync()  # start each variant with no dirty pages of the previous one being flushed (not timed)
         r = res[mode, w] = measure(args, mode, w, corpus, out_dir)
         print(f"{mode:>9} workers={w}: {r['tokens'] / r['seconds'] / 1e6:6.2f} M tokens/s ({mb / r['seconds']:5.1f} MB/s, "
               f"{r['seconds']:.1f} s; ray.init {r['ray_init']:.1f} s, wall {r['wall']:.1f} s)  "

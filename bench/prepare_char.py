@@ -104,6 +104,7 @@ def main():
         out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
         shutil.rmtree(out_dir, ignore_errors=True)  # replacing big old bins costs time we do not want to count
         os.makedirs(out_dir)
+        os.sync()  # start each variant with no dirty pages of the previous one being flushed (not timed)
         r = measure(args, mode, w, corpus, out_dir)
         rows.append((mode, w, r))
         print(f"{mode:>9} workers={w}: {mb / r['seconds']:7.1f} MB/s ({r['seconds']:.2f} s; ray.init {r['ray_init']:.1f} s, "

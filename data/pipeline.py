@@ -398,7 +398,8 @@ def split_runs(doc_ends, is_val):
 
 
 def dtype_for(vocab_size):
-    return np.uint16 if vocab_size <= 65536 else np.uint32
+    """uint16 halves the files and the loader's reads; a vocabulary over 65,535 symbols needs uint32."""
+    return np.uint16 if vocab_size <= 65535 else np.uint32
 
 
 class Output:

@@ -137,7 +137,7 @@ def test_max_tokens_stops_at_a_document_boundary(tmp_path):
 
 def test_uint32_tokenizer_and_dtype_check(tmp_path):
     from data.pipeline import dtype_for
-    assert dtype_for(50257) == np.uint16 and dtype_for(100277) == np.uint32
+    assert dtype_for(50257) == dtype_for(65535) == np.uint16 and dtype_for(65536) == dtype_for(100277) == np.uint32
     chunk = ('texts', ['hello'])
     with pytest.raises(UserError, match='does not fit'):  # ids are checked against the output dtype
         bpe.encode_chunk(chunk, 'gpt2', np.int8, None)
