@@ -9,9 +9,10 @@ worker, so memory does not grow with the corpus, and every chunk is independent,
 as Ray tasks on any number of workers with byte-identical output.
 
 Both passes work on the raw UTF-8 bytes. The obvious numpy route (bytes -> str -> UTF-32 array ->
-lookup table) runs at ~90 MB/s on one core, most of it in str.encode('utf-32'); instead ASCII bytes map to ids through one bytes.translate (ASCII characters sort
-first, so their ids are < 128), and the few multi-byte characters are decoded from their byte
-positions, vectorised, and patched in (see bench/prepare_char.py for the resulting speed).
+lookup table) runs at ~90 MB/s on one core, most of it in str.encode('utf-32'). Instead, ASCII bytes
+map to ids through one bytes.translate (ASCII characters sort first, so their ids are < 128), and the
+few multi-byte characters are decoded from their byte positions, vectorised, and patched in (see
+bench/prepare_char.py for the resulting speed).
 
 Two modes:
 - chars mode (stories=False, shakespeare_char): the text is one stream; the first (1 - val_fraction)
