@@ -107,4 +107,6 @@ def add_args(p):
     p.add_argument('--streaming', action='store_true',
                    help='stream the Hugging Face dataset instead of downloading it first: for a dataset larger '
                         'than the free disk, usually with --max_tokens')
+    p.add_argument('--revision', default=None,
+                   help='dataset revision on the hub (a branch, tag or commit; e.g. refs/convert/parquet)')
     return p

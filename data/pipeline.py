@@ -182,7 +182,7 @@ def _parse_jsonl(lines, path):
             yield text
 
 
-def load_hf_dataset(name, config=None, split='train', streaming=False):
+def load_hf_dataset(name, config=None, split='train', streaming=False, revision=None):
     """A Hugging Face dataset, or a one-line error that says how to work offline."""
     if 'datasets' not in sys.modules and not _hub_reachable():
         # without this the hub client retries for ~25 s, printing a warning each time, before failing;
@@ -190,9 +190,13 @@ def load_hf_dataset(name, config=None, split='train', streaming=False):
         os.environ['HF_HUB_OFFLINE'] = '1'
     try:
         import datasets
-        return datasets.load_dataset(name, config, split=split, streaming=streaming)
+        return datasets.load_dataset(name, config, split=split, streaming=streaming, revision=revision)
     except Exception as e:  # the hub raises many types (ConnectionError, OfflineModeIsEnabled, ...)
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
+        if 'scripts are no longer supported' in first:  # datasets >= 4 runs no loading scripts
+            raise UserError(f"{name} still ships a loading script, which datasets >= 4 does not run: try "
+                            f"--revision refs/convert/parquet (the hub's parquet export), or download its files "
+                            f"and pass them with --input")
         raise UserError(f"cannot load the Hugging Face dataset {name}{'/' + config if config else ''} ({first}); "
                         f"offline, pass local files with --input FILE [FILE ...] (.txt, .jsonl, .jsonl.gz or .parquet "
                         f"with a 'text' field)")

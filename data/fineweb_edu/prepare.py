@@ -30,8 +30,8 @@ def main(argv=None):
     if args.input:
         corpus = Corpus(check_inputs(args.input))
     else:
-        corpus = Corpus(dataset=load_hf_dataset(args.dataset, args.config, split='train', streaming=args.streaming),
-                        name=f'{args.dataset}/{args.config}')
+        ds = load_hf_dataset(args.dataset, args.config, split='train', streaming=args.streaming, revision=args.revision)
+        corpus = Corpus(dataset=ds, name=f'{args.dataset}/{args.config}')
     bpe.prepare(corpus, args.out_dir, encoding=args.encoding, val_fraction=args.val_fraction, seed=args.seed,
                 num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address,
                 max_tokens=args.max_tokens)
