@@ -331,7 +331,11 @@ class Workers:
         self.started_ray = False
         if num_workers <= 1 and ray_address is None:
             return
-        import ray
+        try:
+            import ray
+        except ImportError:
+            raise UserError("--num_workers above 1 runs on Ray, which is not installed: pip install ray, "
+                            "or pass --num_workers 1")
         self.ray = ray
         if not ray.is_initialized():
             start_ray(num_workers, ray_address)
