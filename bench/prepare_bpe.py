@@ -77,11 +77,11 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
 def measure(args, mode, workers, corpus, out_dir):
     cmd = [sys.executable, os.path.abspath(__file__), '--_child', mode, '--_workers', str(workers),
            '--_corpus', corpus, '--_out', out_dir, '--chunk_size', str(args.chunk_size)]
-    rc, out, wall, peak = run_with_peak_rss(cmd)
+    rc, out, wall, peak, cpu = run_with_peak_rss(cmd)
     res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith('RESULT ')]
     if rc or not res:
         sys.exit(f"{mode} with {workers} worker(s) failed:\n{out}")
-    return dict(res[0], wall=wall, peak=peak)
+    return dict(res[0], wall=wall, peak=peak, cpu=cpu)
 
 
 def main():
@@ -112,7 +112,7 @@ def main():
         r = res[mode, w] = measure(args, mode, w, corpus, out_dir)
         print(f"{mode:>9} workers={w}: {r['tokens'] / r['seconds'] / 1e6:6.2f} M tokens/s ({mb / r['seconds']:5.1f} MB/s, "
               f"{r['seconds']:.1f} s; ray.init {r['ray_init']:.1f} s, wall {r['wall']:.1f} s)  "
-              f"peak RSS {r['peak'] / 2**20:6.0f} MiB", flush=True)
+              f"peak RSS {r['peak'] / 2**20:6.0f} MiB, CPU {r['cpu']:.1f} s", flush=True)
     n = args.workers
     if ('pipeline', 1) in res and ('pipeline', n) in res and n > 1:
         a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, n)]

@@ -73,11 +73,11 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
 def measure(args, mode, workers, corpus, out_dir):
     cmd = [sys.executable, os.path.abspath(__file__), '--_child', mode, '--_workers', str(workers),
            '--_corpus', corpus, '--_out', out_dir, '--chunk_size', str(args.chunk_size)]
-    rc, out, wall, peak = run_with_peak_rss(cmd)
+    rc, out, wall, peak, cpu = run_with_peak_rss(cmd)
     res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith('RESULT ')]
     if rc or not res:
         sys.exit(f"{mode} with {workers} worker(s) failed:\n{out}")
-    return dict(res[0], wall=wall, peak=peak)
+    return dict(res[0], wall=wall, peak=peak, cpu=cpu)
 
 
 def main():
@@ -108,7 +108,7 @@ def main():
         r = measure(args, mode, w, corpus, out_dir)
         rows.append((mode, w, r))
         print(f"{mode:>9} workers={w}: {mb / r['seconds']:7.1f} MB/s ({r['seconds']:.2f} s; ray.init {r['ray_init']:.1f} s, "
-              f"wall {r['wall']:.1f} s)  peak RSS {r['peak'] / 2**20:7.0f} MiB", flush=True)
+              f"wall {r['wall']:.1f} s)  peak RSS {r['peak'] / 2**20:7.0f} MiB, CPU {r['cpu']:.1f} s", flush=True)
     base = {w: r for mode, w, r in rows if mode == 'pipeline'}
     if 1 in base and args.workers in base and args.workers > 1:
         a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, args.workers)]
