@@ -68,7 +68,7 @@ def main(argv):
 
     model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
                           n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias)).to(dev)
-    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), device_type)
+    optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
     step_model = torch.compile(model) if (device_type == 'cuda' if cfg.compile is None else cfg.compile) else model
 

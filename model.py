@@ -162,9 +162,9 @@ class GPT(nn.Module):
         start = kv_cache.length if kv_cache is not None else 0
         assert start + t <= self.config.block_size, \
             f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
-        pos = torch.arange(start, start + t, dtype=torch.long, device=idx.device)
-
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
+        # rows start..start+t of the position table: a slice, with no index tensor to build per step
+        pos_emb = self.transformer.wpe.weight[start:start + t]
+        x = self.transformer.drop(self.transformer.wte(idx) + pos_emb)
         for block in self.transformer.h:
             x = block(x, kv_cache)
         x = self.transformer.ln_f(x)
@@ -213,7 +213,7 @@ class GPT(nn.Module):
                 sd[k].copy_(v)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas, device_type):
+    def configure_optimizers(self, weight_decay, learning_rate, betas):
         # Decay the 2-D tensors (matmul weights, embeddings); leave biases and LayerNorm gains alone.
         params = [p for p in self.parameters() if p.requires_grad]
         decay_params = [p for p in params if p.dim() >= 2]
@@ -222,18 +222,12 @@ class GPT(nn.Module):
             {'params': decay_params, 'weight_decay': weight_decay},
             {'params': nodecay_params, 'weight_decay': 0.0},
         ]
-        print(f"num decayed parameter tensors: {len(decay_params)}, with {sum(p.numel() for p in decay_params):,} parameters")
-        print(f"num non-decayed parameter tensors: {len(nodecay_params)}, with {sum(p.numel() for p in nodecay_params):,} parameters")
         # The fused kernel does the whole update in one pass; torch refuses it at construction
         # on devices it has no kernel for, and then the default implementation is used.
         try:
-            optimizer = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=True)
-            fused = True
+            return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas, fused=True)
         except (RuntimeError, TypeError):
-            optimizer = torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
-            fused = False
-        print(f"using fused AdamW: {fused} ({device_type})")
-        return optimizer
+            return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
 
     def flops_per_token(self):
         """Training FLOPs per token: 6N for the matmuls with the weights (forward and backward)

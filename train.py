@@ -315,7 +315,11 @@ def main(argv):
 
     # float16 needs loss scaling to keep small gradients from flushing to zero; a no-op otherwise
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), device_type)
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
+    decay, no_decay = optimizer.param_groups
+    print0(f"AdamW (fused: {optimizer.defaults['fused']}): weight decay on {len(decay['params'])} tensors "
+           f"({sum(p.numel() for p in decay['params']):,} parameters), none on {len(no_decay['params'])} "
+           f"({sum(p.numel() for p in no_decay['params']):,})")
     torch.manual_seed(cfg.seed + launch.rank)
     loader_generator.manual_seed(cfg.seed + launch.rank)
     if cfg.init_from == 'resume':

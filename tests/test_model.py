@@ -41,7 +41,7 @@ def test_loss_at_init_is_close_to_uniform_guessing():
 
 def test_tiny_model_overfits_one_batch():
     model = tiny_gpt().train()
-    optimizer = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95), 'cpu')
+    optimizer = model.configure_optimizers(0.0, 1e-2, (0.9, 0.95))
     x = torch.randint(0, 37, (4, 16))
     y = torch.randint(0, 37, (4, 16))
     for _ in range(200):
@@ -54,7 +54,7 @@ def test_tiny_model_overfits_one_batch():
 
 def test_weight_decay_applies_to_matrices_only():
     model = tiny_gpt()
-    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95), 'cpu')
+    optimizer = model.configure_optimizers(0.1, 1e-3, (0.9, 0.95))
     decay, no_decay = optimizer.param_groups
     assert decay['weight_decay'] == 0.1 and all(p.dim() == 2 for p in decay['params'])
     assert no_decay['weight_decay'] == 0.0 and all(p.dim() == 1 for p in no_decay['params'])
