@@ -222,6 +222,8 @@ def iter_hf_batches(ds, batch_bytes, rows_per_read=1000):
     """Lists of documents of about batch_bytes characters from a (streaming or not) HF dataset."""
     batch, n = [], 0
     for rows in ds.iter(batch_size=rows_per_read):
+        if 'text' not in rows:
+            raise UserError(f"the dataset has no 'text' column (columns: {', '.join(rows)})")
         for text in rows['text']:
             batch.append(text)
             n += len(text)
@@ -238,16 +240,15 @@ SEPARATOR = '<|endoftext|>'  # between documents in .txt inputs, as in the TinyS
 
 
 class Corpus:
-    """The text to prepare: local files (--input) or a Hugging Face dataset, handed out as chunks of
-    about chunk_size bytes. A chunk is a small description: ('file', path, start, end, last) for a byte
-    range of a .txt file (the worker reads it itself, so the text never passes through this process), or
-    ('texts', [documents]) for rows of .jsonl(.gz) / .parquet / a dataset. chunks() can be called again
-    for a second pass over the same text."""
+    """The text to prepare: local files (--input), a Hugging Face dataset, or batches of documents in
+    memory, handed out as chunks of whole documents of about chunk_size bytes. A chunk is a small
+    description: ('file', path, start, end, last) for a byte range of a .txt or .jsonl file (the worker
+    reads it itself, so the text never passes through this process), or ('texts', [documents]) for
+    rows of .jsonl.gz / .parquet / a dataset. chunks() can be called again for a second pass."""
 
     def __init__(self, paths=None, dataset=None, name=None, batches=None):
         self.paths, self.dataset, self.batches = paths, dataset, batches
-        self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else getattr(dataset, 'info', None)
-                             and dataset.info.dataset_name)
+        self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else 'a dataset')
         if batches is not None:  # documents already in memory (tiny shakespeare)
             self.total_bytes = sum(len(d) for b in batches for d in b)
         elif paths:  # exact for .txt / .jsonl; compressed and columnar files are counted in text bytes
