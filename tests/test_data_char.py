@@ -199,3 +199,18 @@ def test_tinystories_char_script_runs_without_ray_for_one_worker(tmp_path):
             "val_fraction=0.1); assert 'ray' not in sys.modules")
     r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+
+
+def test_chunks_end_after_separators_and_cover_the_file(tmp_path):
+    from data.pipeline import text_ranges
+    # a long last story without a separator: the boundary search must stop at the end of the file
+    text = SEP.join(f"story {i} " + 'é' * (i % 5) for i in range(50)) + SEP + 'x' * 5000
+    path = write(tmp_path / 'r.txt', text)
+    data = Path(path).read_bytes()
+    for chunk in (64, 100, 1000, 10**6):
+        ranges = list(text_ranges(path, chunk, SEP.encode()))
+        assert ranges[0][0] == 0 and ranges[-1][1] == len(data)
+        assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+        assert all(data[:end].endswith(SEP.encode()) for _, end in ranges[:-1])
+        plain = list(text_ranges(path, chunk))  # no separator: never inside a UTF-8 character
+        assert all(data[end] & 0xC0 != 0x80 for _, end in plain[:-1])
