@@ -200,7 +200,7 @@ def _write(path, offset, arr):
 
 # ----------------------------------------------------------------------------- driver
 
-def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk_size=16 << 20, ray_address=None):
+def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk_size=8 << 20, ray_address=None):
     """Write out_dir/train.bin, val.bin and meta.json for a Corpus. Returns meta."""
     sep = SEPARATOR if stories else None
     with Workers(num_workers, ray_address) as workers, Output(out_dir) as out:

@@ -21,7 +21,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.01)
+    add_common_args(p, chunk_size='8M', out_dir=HERE, val_fraction=0.01)
     p.add_argument('--dataset', default='roneneldan/TinyStories', help='Hugging Face dataset (default: %(default)s)')
     args = p.parse_args(argv)
     check_args(args)
