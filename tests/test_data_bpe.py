@@ -68,7 +68,7 @@ def write_inputs(tmp_path, docs):
 
 @pytest.fixture(scope='module')
 def ray_2cpus():
-    ray = pytest.importorskip('ray')
+    import ray
     from data.pipeline import start_ray
     start_ray(2)
     yield ray
@@ -179,7 +179,7 @@ def test_offline_without_input_gives_a_one_line_error(tmp_path):
 
 
 def test_hf_dataset_and_its_streaming_form_match_local_files(tmp_path):
-    datasets = pytest.importorskip('datasets')
+    import datasets
     docs = c4_docs(120)
     ds = datasets.Dataset.from_dict({'text': docs, 'id': list(range(len(docs)))})
     jsonl = write_inputs(tmp_path, docs)[0]

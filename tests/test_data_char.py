@@ -49,7 +49,7 @@ def write(path, text):
 @pytest.fixture(scope='module')
 def ray_2cpus():
     """One local Ray for the module's parallel tests (ray.init costs seconds); shut down afterwards."""
-    ray = pytest.importorskip('ray')
+    import ray
     from data.pipeline import start_ray
     start_ray(2)
     yield ray
