@@ -29,29 +29,27 @@ class GPTConfig:
 
 
 class KVCache:
-    """Keys and values of the positions seen so far, one slot per layer.
+    """Keys and values of the positions seen so far, one buffer per layer.
 
     With the cache, each generated token costs one position's worth of compute
     instead of a forward pass over the whole context.
     """
 
     def __init__(self, n_layer, max_len):
-        self.n_layer = n_layer
         self.max_len = max_len
         self.length = 0  # positions filled; the next token goes at this position
-        self.k = self.v = None  # allocated on first use, with the dtype autocast produces
+        self.kv = [None] * n_layer  # (2, B, nh, max_len, hs) each, allocated on first use with the dtype autocast gives
 
-    def append(self, layer, k, v):
-        """Store this layer's new keys/values (B, nh, T, hs); return all of them so far."""
-        if self.k is None:
-            shape = (self.n_layer, *k.shape[:2], self.max_len, k.shape[3])
-            self.k = torch.empty(shape, dtype=k.dtype, device=k.device)
-            self.v = torch.empty(shape, dtype=v.dtype, device=v.device)
-        end = self.length + k.size(2)
+    def append(self, layer, kv):
+        """Store this layer's new keys and values, stacked as (2, B, nh, T, hs); return all keys and
+        all values so far. Few, large-grained ops: a decode step is mostly per-op overhead."""
+        if self.kv[layer] is None:
+            shape = (*kv.shape[:3], self.max_len, kv.shape[4])
+            self.kv[layer] = torch.empty(shape, dtype=kv.dtype, device=kv.device)
+        end = self.length + kv.size(3)
         assert end <= self.max_len, "KV cache overflow: the caller must rebuild the cache"
-        self.k[layer, :, :, self.length:end] = k
-        self.v[layer, :, :, self.length:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.kv[layer].narrow(3, self.length, kv.size(3)).copy_(kv)
+        return self.kv[layer].narrow(3, 0, end).unbind(0)
 
 
 class CausalSelfAttention(nn.Module):
@@ -70,14 +68,17 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x, kv_cache=None):
         B, T, C = x.size()
-        q, k, v = self.c_attn(x).split(self.n_embd, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, nh, T, hs)
+        # queries, keys and values for all heads from one matmul, as (3, B, nh, T, hs)
+        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
         # A prefill (T > 1) starts from an empty cache and needs the causal mask; a single
         # new token may attend to every cached position, so it needs none.
         is_causal = T > 1
-        if kv_cache is not None:
+        if kv_cache is None:
+            q, k, v = qkv.unbind(0)
+        else:
             assert T == 1 or kv_cache.length == 0, "prefill must start from an empty cache"
-            k, v = kv_cache.append(self.layer_idx, k, v)
+            q = qkv[0]
+            k, v = kv_cache.append(self.layer_idx, qkv[1:])
         # scaled_dot_product_attention dispatches to flash / memory-efficient kernels where it can
         y = F.scaled_dot_product_attention(
             q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=is_causal)
@@ -176,7 +177,7 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         else:
             # inference only needs the last position: a matmul over one row instead of t
-            logits = self.lm_head(x[:, [-1], :])
+            logits = self.lm_head(x[:, -1:, :])
             loss = None
         return logits, loss
 
@@ -243,7 +244,7 @@ class GPT(nn.Module):
             return None
         return self.flops_per_token() * tokens_per_iter / dt / peak_flops
 
-    @torch.no_grad()
+    @torch.inference_mode()  # like no_grad, minus the autograd bookkeeping that a decode step would notice
     def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
         """Yield max_new_tokens new tokens (each a (b, 1) tensor) continuing the sequences in idx (b, t).
 
@@ -271,7 +272,7 @@ class GPT(nn.Module):
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
         """Complete the sequences idx (b, t) with max_new_tokens tokens; returns (b, t + max_new_tokens)."""
         new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, kv_cache))

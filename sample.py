@@ -158,7 +158,7 @@ def main(argv):
     x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
     n_tokens, t0 = 0, time.time()
-    with torch.no_grad(), autocast:
+    with torch.inference_mode(), autocast:
         for _ in range(cfg.num_samples):
             tokens = model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
                                            cfg.top_p, kv_cache=cfg.kv_cache)

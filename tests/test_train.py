@@ -70,6 +70,19 @@ def test_prepare_train_resume_sample_end_to_end(workdir):
     assert 'tokens/s' in sample.stderr
 
 
+def test_nanogpts_readme_commands_for_shakespeare_char_run_unchanged(workdir):
+    # nanoGPT's CPU command line, verbatim, then shortened by overrides appended at the end
+    nanogpt_cpu = ("config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 "
+                   "--block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --max_iters=2000 "
+                   "--lr_decay_iters=2000 --dropout=0.0").split()
+    (workdir / 'config').symlink_to(REPO / 'config')
+    log = run_script('train.py', *nanogpt_cpu, '--max_iters=6', '--eval_interval=3', cwd=workdir).stdout
+    assert set(losses_in(log)) >= {('step', 0), ('step', 3), ('step', 6), ('iter', 5)}
+    sample = run_script('sample.py', '--out_dir=out-shakespeare-char', '--device=cpu',
+                        '--num_samples=1', '--max_new_tokens=20', cwd=workdir)
+    assert sample.stdout.endswith('---------------\n')
+
+
 def test_loader_targets_are_inputs_shifted_by_one_and_in_bounds(tmp_path):
     tokens = np.arange(1000, dtype=np.uint16)  # token value == position makes shifts visible
     tokens.tofile(tmp_path / 'train.bin')
