@@ -123,7 +123,7 @@ def _next_boundary(f, pos, size, sep):
     pos = max(pos - len(sep) + 1, 0)  # a separator may straddle the nominal boundary
     while pos < size:
         f.seek(pos)
-        window = f.read(MiB)
+        window = f.read(64 << 10)  # documents are KBs long: a separator is usually in the first window
         i = window.find(sep)
         if i >= 0:
             return pos + i + len(sep)
@@ -319,6 +319,13 @@ def start_ray(num_workers, address=None):
         ray.init(include_dashboard=False, configure_logging=False, **kw)
     except ConnectionError as e:
         raise UserError(f"cannot join the Ray cluster at {address}: {e}")
+    # the first tasks of a new job wait ~0.4 s for their workers to be leased (even a no-op does):
+    # pay that here, as part of starting Ray, rather than inside the first pass
+    ray.get([ray.remote(num_cpus=1)(_ready).remote() for _ in range(num_workers)])
+
+
+def _ready():
+    return True
 
 
 class Workers:
