@@ -4,8 +4,8 @@
   - data/bpe.py with 1 worker (in-process, no Ray) and with N Ray workers.
 The corpus is c4_sample_1000docs.jsonl.gz (real web documents) repeated to --size as plain .jsonl.
 Each variant runs in a fresh subprocess; peak memory is the largest sum of RSS over it and all its
-descendants, Ray's processes included (bench/procmem.py). Ray start-up is timed apart, as in
-bench/prepare_char.py. Needs TIKTOKEN_CACHE_DIR offline (set to ../shared/data/tiktoken_cache if unset).
+descendants, Ray's processes included (bench/procmem.py). Ray start-up (ray.init and a first task
+round trip) is timed apart, as in bench/prepare_char.py. Needs TIKTOKEN_CACHE_DIR offline (set to ../shared/data/tiktoken_cache if unset).
 
     python bench/prepare_bpe.py --size 200M --workers 2 --repeat 3
 """

@@ -4,10 +4,10 @@
 The corpus is tinystories_train_head2MiB.txt repeated to --size. Each variant runs in a fresh subprocess;
 the peak memory is the largest sum of RSS over that subprocess and all its descendants, Ray's
 processes included (bench/procmem.py). MB/s is input bytes / seconds of the
-preparation itself; Ray start-up (ray.init, paid once per run or not at all on a running cluster) is
-timed and shown separately, and "wall" is the whole subprocess (Python start, imports, Ray, writing).
-Each pipeline variant runs twice in its process: the first run is the one reported (its Ray workers
-still import numpy and data/*.py, ~0.45 s here); "second run" shows the speed with warm workers.
+preparation itself; Ray start-up (data.pipeline.start_ray: ray.init and a first task round trip, paid
+once per run, or not at all on a running cluster) is timed and shown separately, and "wall" is the
+whole subprocess (Python start, imports, Ray, both runs). Each pipeline variant runs twice in its
+process: the first run is the one reported; "second run" is the same job again with warm workers.
 
     python bench/prepare_char.py --size 256M --workers 2 --repeat 3
     python bench/prepare_char.py --size 1G --workers 2 --skip_reference --repeat 3
