@@ -1,7 +1,7 @@
 """The shared engine of the data preparation scripts (char.py and bpe.py build on it).
 
 What lives here, once:
-- user errors: UserError and cli(), which turns one into a single line on stderr and exit code 1;
+- cli(), which runs a prepare script so that a UserError is a single line on stderr and exit code 1;
 - input sources: local files (.txt, .jsonl, .jsonl.gz, .parquet) and Hugging Face datasets, cut into
   chunks of about --chunk_size bytes so that memory stays bounded whatever the corpus size;
 - Workers: an ordered, bounded map over Ray tasks (or plain in-process calls for one worker);
@@ -20,23 +20,18 @@ import sys
 
 import numpy as np
 
+from configurator import UserError, run  # the repository's one kind of user error
+
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_EXTS = ('.txt',)
 ROW_EXTS = ('.jsonl', '.jsonl.gz', '.parquet')
 MiB = 1 << 20
 
 
-class UserError(Exception):
-    """A problem the user can fix (a path, an option, no network). Reported in one line, no traceback."""
-
-
 def cli(main):
-    """Run main(); a UserError becomes one line on stderr and exit status 1."""
+    """Run a prepare script's main(): a UserError is one line on stderr (configurator.run), and so is Ctrl-C."""
     try:
-        main()
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+        run(main)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
