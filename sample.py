@@ -19,6 +19,7 @@ import torch
 import checkpoint
 import configurator
 from configurator import ConfigError, UserError
+from data.bpe import get_encoding
 from model import GPT, GPTConfig
 from train import read_vocab, resolve_device, resolve_dtype
 
@@ -86,15 +87,6 @@ class Codec:
         for i in ids:
             yield utf8.decode(self.enc.decode_single_token_bytes(i))
         yield utf8.decode(b'', final=True)
-
-
-def get_encoding(name):
-    import tiktoken
-    try:
-        return tiktoken.get_encoding(name)
-    except Exception as e:  # tiktoken fetches its files on first use and raises many kinds of errors offline
-        raise UserError(f"could not load the {name} tokenizer ({type(e).__name__}); offline, point "
-                        f"TIKTOKEN_CACHE_DIR at a folder seeded on a machine with internet (see README)") from None
 
 
 def load_model(cfg, device):
