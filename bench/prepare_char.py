@@ -22,7 +22,7 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.pipeline import parse_size  # noqa: E402
-from procmem import run_with_peak_rss  # noqa: E402  (bench/procmem.py)
+from procmem import measure_variant  # noqa: E402  (bench/procmem.py)
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       'shared', 'data', 'tinystories_train_head2MiB.txt')
@@ -80,23 +80,10 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
 def measure(args, mode, workers, corpus, out_dir):
     """The fastest of --repeat runs (slower ones were disturbed by other work on the machine), with the
     largest peak memory seen; each run in a fresh process (and a fresh Ray)."""
-    runs = [measure_once(args, mode, workers, corpus, out_dir) for _ in range(args.repeat)]
+    runs = [measure_variant(__file__, mode, workers, corpus, out_dir, args.chunk_size) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r['seconds'])
     return dict(best, peak=max(r['peak'] for r in runs), warm=min(r['warm'] for r in runs),
                 all_seconds=[round(r['seconds'], 2) for r in runs])
-
-
-def measure_once(args, mode, workers, corpus, out_dir):
-    shutil.rmtree(out_dir, ignore_errors=True)  # replacing big old bins costs time we do not want to count
-    os.makedirs(out_dir)
-    os.sync()  # start with no dirty pages of the previous run being flushed (not timed)
-    cmd = [sys.executable, os.path.abspath(__file__), '--_child', mode, '--_workers', str(workers),
-           '--_corpus', corpus, '--_out', out_dir, '--chunk_size', str(args.chunk_size)]
-    rc, out, wall, peak, cpu = run_with_peak_rss(cmd)
-    res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith('RESULT ')]
-    if rc or not res:
-        sys.exit(f"{mode} with {workers} worker(s) failed:\n{out}")
-    return dict(res[0], wall=wall, peak=peak, cpu=cpu)
 
 
 def main():

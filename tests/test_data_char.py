@@ -105,7 +105,7 @@ def test_split_keeps_whole_stories_and_is_seeded(tmp_path):
 
 def test_rows_and_text_files_give_the_same_tokens(tmp_path):
     docs = UNICODE_STORIES * 3
-    txt = write(tmp_path / 'd.txt', SEP.join(docs) + SEP)
+    write(tmp_path / 'd.txt', SEP.join(docs) + SEP)
     with gzip.open(tmp_path / 'd.jsonl.gz', 'wt', encoding='utf-8') as f:
         f.writelines(json.dumps({'text': d, 'id': i}) + '\n' for i, d in enumerate(docs))
     import pyarrow as pa

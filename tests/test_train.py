@@ -19,7 +19,7 @@ import torch
 
 import checkpoint
 from conftest import REPO, TINY_MODEL, run_script
-from train import RandomBatches, read_vocab
+from train import RandomBatches
 
 TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4',
          '--log_interval=1', '--learning_rate=3e-3', '--warmup_iters=5', '--lr_decay_iters=40',
