@@ -491,7 +491,8 @@ def main(argv):
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss.detach()), iter_num, first_bad_iter)
+        # loss_sum holds every micro-step since the last log line: a NaN anywhere in it stays visible
+        first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss_sum), iter_num, first_bad_iter)
         iter_num += 1
         iters_since_log += 1
 
