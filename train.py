@@ -440,7 +440,10 @@ def main(argv):
     # training loop
     wandb = None
     if cfg.wandb_log and master:
-        import wandb
+        try:
+            import wandb
+        except ImportError:
+            raise UserError("wandb_log=True needs the wandb package: pip install wandb, or pass --wandb_log=False") from None
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
     peak_flops = device_peak_flops(device, cfg.dtype)
     start_iter = iter_num

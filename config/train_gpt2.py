@@ -24,3 +24,8 @@ log_interval = 10
 
 # weight decay
 weight_decay = 1e-1
+
+# keep permanent snapshots beside the rolling ckpt.pt, to compare samples across training
+# (each holds the optimizer state too: about 1.5 GB for 124M)
+# ckpt_every = 50000
+# keep_last = 4
