@@ -20,7 +20,7 @@ import torch
 
 import configurator
 from model import GPT, GPTConfig, device_peak_flops
-from train import RandomBatches, read_vocab, resolve_device, resolve_dtype
+from train import RandomBatches, model_vocab_size, read_vocab, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -59,7 +59,7 @@ def main(argv):
         batches = RandomBatches(os.path.join(data_dir, 'train.bin'), vocab['dtype'], cfg.block_size,
                                 cfg.batch_size, dev, torch.Generator().manual_seed(cfg.seed))
         get_batch = batches.next
-        vocab_size = (vocab['vocab_size'] + 63) // 64 * 64
+        vocab_size = model_vocab_size(vocab)
     else:
         vocab_size = 50304
         x = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=dev)

@@ -73,6 +73,9 @@ def load(path, map_location='cpu'):
                         f"use an earlier checkpoint or start again") from None
     if not isinstance(ckpt, dict) or 'model' not in ckpt:
         raise UserError(f"{path} is not a checkpoint of this repository (no 'model' entry)")
+    if ckpt.get('format_version', 0) > FORMAT_VERSION:
+        raise UserError(f"{path} was written by a newer version of this code (checkpoint format "
+                        f"{ckpt['format_version']}, this code reads up to {FORMAT_VERSION}); update the code")
     # torch.compile'd models save their weights under _orig_mod. (nanoGPT's checkpoints do)
     ckpt['model'] = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
     return ckpt
@@ -86,17 +89,17 @@ def check_json(metadata):
         raise ValueError(f"checkpoint metadata must be JSON-serialisable: {e}") from None
 
 
-def weights_only(ckpt):
+def inference_state(ckpt):
     """The part of a checkpoint that sampling and fine-tuning need: about a third of the size
     of a full checkpoint, which also holds AdamW's two moments for every weight."""
-    keep = ('model', 'model_args', 'config', 'iter_num', 'best_val_loss', 'format_version')
+    keep = ('model', 'model_args', 'vocab', 'config', 'iter_num', 'best_val_loss', 'format_version')
     return {k: ckpt[k] for k in keep if k in ckpt}
 
 
 # -----------------------------------------------------------------------------
 # random states
 
-def rng_state(loader_generator):
+def rng_state(loader_generator, device):
     """Every random state this process uses, in types that weights_only loading accepts."""
     np_state = np.random.get_state()
     state = {
@@ -106,20 +109,20 @@ def rng_state(loader_generator):
         'torch': torch.get_rng_state(),
         'loader': loader_generator.get_state(),
     }
-    if torch.cuda.is_available():
-        state['cuda'] = torch.cuda.get_rng_state_all()
+    if str(device).startswith('cuda'):  # this rank's GPU only: another run may see other GPUs
+        state['cuda'] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state, loader_generator):
+def set_rng_state(state, loader_generator, device):
     random.setstate(_as_tuples(state['python']))
     n = state['numpy']
     np.random.set_state(('MT19937', n['keys'].numpy().astype(np.uint32), n['pos'], n['has_gauss'],
                          n['cached_gaussian']))
     torch.set_rng_state(state['torch'])
     loader_generator.set_state(state['loader'])
-    if 'cuda' in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    if 'cuda' in state and str(device).startswith('cuda'):
+        torch.cuda.set_rng_state(state['cuda'], device)
 
 
 def _as_tuples(x):
@@ -133,7 +136,7 @@ if __name__ == '__main__':
             raise UserError("usage: python checkpoint.py export SRC_CKPT DST")
         src, dst = argv[1:]
         ckpt = load(src)
-        save(weights_only(ckpt), dst)
+        save(inference_state(ckpt), dst)
         print(f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MiB, from {os.path.getsize(src) / 2**20:.1f} MiB)")
 
     from configurator import run

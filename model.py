@@ -245,8 +245,10 @@ class GPT(nn.Module):
         return self.flops_per_token() * tokens_per_iter / dt / peak_flops
 
     @torch.inference_mode()  # like no_grad, minus the autograd bookkeeping that a decode step would notice
-    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
+    def generate_tokens(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True,
+                        vocab_size=None):
         """Yield max_new_tokens new tokens (each a (b, 1) tensor) continuing the sequences in idx (b, t).
+        Only ids below vocab_size are drawn: a padded vocabulary's extra rows are no real tokens.
 
         Past block_size the context restarts from the last block_size // 2 tokens rather than
         sliding by one, so that the KV cache is rebuilt once every block_size // 2 tokens
@@ -268,14 +270,14 @@ class GPT(nn.Module):
                 logits, _ = self(idx[:, window_start:], kv_cache=cache)
             else:  # one step: only the newest token goes through the network
                 logits, _ = self(idx[:, -1:], kv_cache=cache)
-            idx_next = sample_next_token(logits[:, -1, :], temperature, top_k, top_p)
+            idx_next = sample_next_token(logits[:, -1, :vocab_size], temperature, top_k, top_p)
             idx = torch.cat((idx, idx_next), dim=1)
             yield idx_next
 
     @torch.inference_mode()
-    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True):
+    def generate(self, idx, max_new_tokens, temperature=1.0, top_k=None, top_p=None, kv_cache=True, vocab_size=None):
         """Complete the sequences idx (b, t) with max_new_tokens tokens; returns (b, t + max_new_tokens)."""
-        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, kv_cache))
+        new = list(self.generate_tokens(idx, max_new_tokens, temperature, top_k, top_p, kv_cache, vocab_size))
         return torch.cat([idx, *new], dim=1)
 
 

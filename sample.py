@@ -21,7 +21,7 @@ import configurator
 from configurator import ConfigError, UserError
 from data.bpe import get_encoding
 from model import GPT, GPTConfig
-from train import read_vocab, resolve_device, resolve_dtype
+from train import load_gpt2, read_vocab, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -36,8 +36,8 @@ kv_cache = True  # reuse past keys/values: same tokens, much faster; False recom
 stream = False  # print each token as it is generated
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps'; auto: cuda if available, else mps, else cpu
-dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float32 on CPU
-compile = False  # use PyTorch 2.0 to compile the model to be faster
+dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float16 on older GPUs, float32 on CPU
+compile = False  # torch.compile the forward pass (recompiles as the context grows: try it on GPUs)
 # -----------------------------------------------------------------------------
 DEFAULTS = configurator.defaults_from(globals())
 
@@ -99,10 +99,14 @@ def load_model(cfg, device):
         model.load_state_dict(ckpt['model'])
         vocab = ckpt.get('vocab')
         if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
-            vocab = read_vocab(os.path.join('data', ckpt.get('config', {}).get('dataset', '')))
+            data_dir = os.path.join('data', ckpt.get('config', {}).get('dataset', ''))
+            vocab = read_vocab(data_dir)
+            if vocab['vocab_size'] > args['vocab_size'] or (vocab['tokenizer'] == 'char' and vocab['vocab_size'] != args['vocab_size']):
+                raise UserError(f"{path} holds no vocabulary and the one in {data_dir} ({vocab['tokenizer']}, "
+                                f"{vocab['vocab_size']} tokens) does not fit its {args['vocab_size']} outputs")
         return model, vocab
     if cfg.init_from.startswith('gpt2') or os.path.isdir(cfg.init_from):
-        return GPT.from_pretrained(cfg.init_from, dict(dropout=0.0)), {'tokenizer': 'gpt2', 'vocab_size': 50257}
+        return load_gpt2(cfg.init_from, 0.0), {'tokenizer': 'gpt2', 'vocab_size': 50257}
     raise ConfigError(f"init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got {cfg.init_from!r}")
 
 
@@ -134,7 +138,8 @@ def main(argv):
     model.eval()
     model.to(device)
     if cfg.compile:
-        model = torch.compile(model)
+        # compile the forward pass itself: generate_tokens calls it once per token
+        model.forward = torch.compile(model.forward, dynamic=True)
     codec = Codec(vocab)
 
     prompt = cfg.start
@@ -153,7 +158,7 @@ def main(argv):
     with torch.inference_mode(), autocast:
         for _ in range(cfg.num_samples):
             tokens = model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                                           cfg.top_p, kv_cache=cfg.kv_cache)
+                                           cfg.top_p, kv_cache=cfg.kv_cache, vocab_size=vocab['vocab_size'])
             if cfg.stream:
                 print(prompt, end='', flush=True)
                 for piece in codec.decode_stream(token.item() for token in tokens):

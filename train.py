@@ -115,7 +115,12 @@ def read_vocab(data_dir):
     json_path, pkl_path = os.path.join(data_dir, 'meta.json'), os.path.join(data_dir, 'meta.pkl')
     if os.path.exists(json_path):
         with open(json_path) as f:
-            meta = json.load(f)
+            try:
+                meta = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{json_path} is not valid JSON ({e}); prepare the dataset again") from None
+        if not {'tokenizer', 'vocab_size'} <= meta.keys() or (meta['tokenizer'] == 'char' and 'itos' not in meta):
+            raise UserError(f"{json_path} lacks 'tokenizer', 'vocab_size' or (char-level) 'itos'; prepare the dataset again")
     elif os.path.exists(pkl_path):  # nanoGPT's format: a trusted file written by its prepare.py
         with open(pkl_path, 'rb') as f:
             meta = pickle.load(f)
@@ -127,6 +132,16 @@ def read_vocab(data_dir):
     if meta['tokenizer'] == 'char':
         vocab['itos'] = meta['itos']
     return vocab
+
+
+def load_gpt2(name, dropout):
+    """OpenAI's GPT-2 weights ('gpt2' ... 'gpt2-xl') or a local Hugging Face GPT-2 directory."""
+    try:
+        return GPT.from_pretrained(name, dict(dropout=dropout))
+    except ImportError:
+        raise UserError("GPT-2 weights need the transformers package: pip install transformers") from None
+    except OSError as e:  # an unknown name, no network, or a directory without a GPT-2 checkpoint
+        raise UserError(f"cannot load GPT-2 weights {name!r}: {str(e).splitlines()[0]}") from None
 
 
 def check_token_file(path, dtype, block_size, dataset):
@@ -162,7 +177,7 @@ def check_config(cfg):
     for key in ('learning_rate', 'min_lr'):
         value = getattr(cfg, key)
         if not (math.isfinite(value) and 0 <= value < 1) or (key == 'learning_rate' and value == 0):
-            raise ConfigError(f"{key} must be in (0, 1), got {value}")
+            raise ConfigError(f"{key} must be in {'(0, 1)' if key == 'learning_rate' else '[0, 1)'}, got {value}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     if cfg.n_embd % cfg.n_head:
@@ -190,6 +205,8 @@ def resolve_device(requested):
 
 
 def resolve_dtype(requested, device_type):
+    if requested == 'bfloat16' and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise UserError("dtype=bfloat16 but this GPU does not support it; use --dtype=float16")
     if requested != 'auto':
         return requested
     if device_type == 'cuda':
@@ -278,7 +295,8 @@ def main(argv):
     elif cfg.init_from == 'resume' or os.path.isfile(cfg.init_from):
         ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
         print0(f"{'resuming training' if cfg.init_from == 'resume' else 'initializing'} from {ckpt_path}")
-        ckpt = checkpoint.load(ckpt_path, map_location=device)
+        # on the CPU: the random states must stay there; weights and moments move with the model
+        ckpt = checkpoint.load(ckpt_path, map_location='cpu')
         ckpt_vocab = ckpt.get('vocab')
         if ckpt_vocab is not None and ckpt_vocab != vocab:
             raise UserError(f"the vocabulary in {data_dir}/meta.json ({vocab['tokenizer']}, {vocab['vocab_size']} "
@@ -290,6 +308,11 @@ def main(argv):
         if cfg.block_size > model_args['block_size']:
             raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
                             f"{model_args['block_size']}; use --block_size={model_args['block_size']} or less")
+        if cfg.init_from == 'resume' and cfg.block_size != model_args['block_size']:
+            # the optimizer's moments have the checkpoint's shapes; a shorter context is a new run
+            raise UserError(f"resuming keeps the checkpoint's block_size={model_args['block_size']}; to train "
+                            f"with block_size={cfg.block_size}, export the weights (python checkpoint.py export) "
+                            f"and start a run with --init_from=<that file>")
         model = GPT(GPTConfig(**model_args))
         model.load_state_dict(ckpt['model'])
         if cfg.init_from == 'resume':
@@ -301,7 +324,7 @@ def main(argv):
         print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
         if vocab['tokenizer'] != 'gpt2':
             raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
-        model = GPT.from_pretrained(cfg.init_from, dict(dropout=cfg.dropout))
+        model = load_gpt2(cfg.init_from, cfg.dropout)
         for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
             model_args[k] = getattr(model.config, k)
     else:
@@ -317,7 +340,7 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
     decay, no_decay = optimizer.param_groups
-    print0(f"AdamW (fused: {optimizer.defaults['fused']}): weight decay on {len(decay['params'])} tensors "
+    print0(f"AdamW (fused: {bool(optimizer.defaults.get('fused'))}): weight decay on {len(decay['params'])} tensors "
            f"({sum(p.numel() for p in decay['params']):,} parameters), none on {len(no_decay['params'])} "
            f"({sum(p.numel() for p in no_decay['params']):,})")
     torch.manual_seed(cfg.seed + launch.rank)
@@ -328,7 +351,7 @@ def main(argv):
             scaler.load_state_dict(ckpt['scaler'])
         rng = ckpt.get('rng') or []
         if len(rng) == launch.world_size:
-            checkpoint.set_rng_state(rng[launch.rank], loader_generator)
+            checkpoint.set_rng_state(rng[launch.rank], loader_generator, device)
         else:  # another world size: each rank's stream cannot continue, so start fresh ones
             print0(f"note: checkpoint has random states for {len(rng)} rank(s), this run has "
                    f"{launch.world_size}; data order will differ from an uninterrupted run")
@@ -399,7 +422,7 @@ def main(argv):
         """Rank 0 writes the whole state; every rank must call this (it gathers their random states)."""
         nonlocal last_good_ckpt
         check_finite(iter_num)  # never overwrite a good checkpoint with a NaN model
-        rng = checkpoint.rng_state(loader_generator)
+        rng = checkpoint.rng_state(loader_generator, device)
         if launch.ddp:
             all_rng = [None] * launch.world_size
             torch.distributed.all_gather_object(all_rng, rng)
@@ -432,7 +455,8 @@ def main(argv):
         return it in cfg.ckpt_iters or (cfg.ckpt_every > 0 and it % cfg.ckpt_every == 0)
 
     def rotate_snapshots():
-        snapshots = sorted(f for f in os.listdir(cfg.out_dir) if re.fullmatch(r'ckpt_\d{7,}\.pt', f))
+        snapshots = sorted((f for f in os.listdir(cfg.out_dir) if re.fullmatch(r'ckpt_\d{7,}\.pt', f)),
+                           key=lambda f: int(f[5:-3]))  # by iteration: past 9,999,999 names stop sorting
         for old in snapshots[:-cfg.keep_last]:
             os.remove(os.path.join(cfg.out_dir, old))
 
@@ -450,7 +474,8 @@ def main(argv):
     stop = None  # the signal that ended the run early, if any
     running_mfu = None
     loss_sum = torch.zeros((), device=device)
-    t_log, iters_since_log = time.time(), 0
+    # the timing window holds training iterations only: evaluation and saving restart it
+    t_log, iters_since_log, iters_timed = time.time(), 0, 0
     while True:
         lr = get_lr(iter_num)
         for param_group in optimizer.param_groups:
@@ -474,6 +499,8 @@ def main(argv):
                 rotate_snapshots()
         if cfg.eval_only or iter_num >= cfg.max_iters:
             break
+        if iter_num % cfg.eval_interval == 0 or is_snapshot_iter(iter_num):
+            t_log, iters_timed = time.time(), 0
 
         # forward/backward with gradient accumulation, then one optimizer step
         X, Y = train_batches.next()
@@ -498,12 +525,13 @@ def main(argv):
         first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss_sum), iter_num, first_bad_iter)
         iter_num += 1
         iters_since_log += 1
+        iters_timed += 1
 
         if iter_num % cfg.log_interval == 0:
             check_finite(iter_num)
             lossf = loss_sum.item() / iters_since_log  # .item() waits for the GPU, so the timing is true
-            dt = (time.time() - t_log) / iters_since_log
-            if iters_since_log == cfg.log_interval and iter_num - start_iter > 5:  # let the first iterations warm up
+            dt = (time.time() - t_log) / iters_timed
+            if iters_timed == cfg.log_interval and iter_num - start_iter > 5:  # let the first iterations warm up
                 mfu = raw_model.estimate_mfu(tokens_per_iter // launch.world_size, dt, peak_flops)
                 if mfu is not None:
                     running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
@@ -511,13 +539,15 @@ def main(argv):
             print0(f"iter {iter_num - 1}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
                    f"tok/s {tokens_per_iter / dt:,.0f}, mfu {mfu_text}")
             loss_sum.zero_()
-            t_log, iters_since_log = time.time(), 0
+            t_log, iters_since_log, iters_timed = time.time(), 0, 0
 
         # preemption: every rank learns of a signal that any rank got, and all stop here together
         stop = stop_signal.check(launch)
         if stop:
             print0(f"received {stop}: saving a checkpoint at iteration {iter_num} and exiting")
             save_checkpoint('ckpt.pt')
+            if is_snapshot_iter(iter_num):  # the resumed run starts here and would not write it
+                save_checkpoint(f'ckpt_{iter_num:07d}.pt')
             break
 
     print0(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}")

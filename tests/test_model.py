@@ -121,6 +121,13 @@ def test_generation_past_block_size_keeps_at_least_half_the_context():
     assert len(calls) == 40
 
 
+def test_generation_never_draws_the_padding_ids_of_a_padded_vocabulary():
+    model = tiny_gpt(vocab_size=64)
+    torch.manual_seed(0)
+    out = model.generate(torch.zeros(4, 1, dtype=torch.long), 40, temperature=5.0, vocab_size=50)
+    assert out.max() < 50
+
+
 def test_sampling_respects_top_k_and_top_p():
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05]]))
     torch.manual_seed(0)

@@ -200,7 +200,7 @@ def test_weights_only_export_is_smaller_and_loads_for_sampling_and_finetuning(tr
     run_script('checkpoint.py', 'export', src, dst, cwd=trained)
     assert dst.stat().st_size < 0.45 * src.stat().st_size
     exported = checkpoint.load(dst)
-    assert 'optimizer' not in exported and 'rng' not in exported
+    assert 'optimizer' not in exported and 'rng' not in exported and exported['vocab']['vocab_size'] == 65
     greedy = ['--device=cpu', '--num_samples=1', '--max_new_tokens=30', '--temperature=0']
     from_full = run_script('sample.py', '--out_dir=out', *greedy, cwd=trained).stdout
     from_export = run_script('sample.py', f'--init_from={dst}', *greedy, cwd=trained).stdout
@@ -217,7 +217,7 @@ def test_non_finite_loss_stops_without_saving(trained, tmp_path):
     ckpt = checkpoint.load(trained / 'out' / 'ckpt.pt')
     ckpt['model']['lm_head.weight'][0, 0] = float('nan')
     bad = tmp_path / 'nan.pt'
-    checkpoint.save(checkpoint.weights_only(ckpt), bad)
+    checkpoint.save(checkpoint.inference_state(ckpt), bad)
     out = tmp_path / 'out'
     proc = run_script('train.py', *TRAIN, '--max_iters=20', f'--out_dir={out}', f'--init_from={bad}',
                       cwd=trained, check=False)
@@ -246,6 +246,8 @@ def corrupt(workdir, change):
         meta = json.loads((ds / 'meta.json').read_text())
         meta['itos'][0] = 'é'
         (ds / 'meta.json').write_text(json.dumps(meta))
+    elif change == 'broken meta':
+        (ds / 'meta.json').write_text('{"tokenizer": "char", "vocab_size": 65, "itos": [')
     elif change == 'truncated ckpt':
         ckpt.write_bytes(ckpt.read_bytes()[:5000])
     elif change == 'pickled ckpt':
@@ -264,6 +266,8 @@ BAD_INPUTS = [
     ('train.py', ['--init_from=resume'], 'other vocab', r"the vocabulary in data/shakespeare_char/meta.json "
                                                         r"\(char, 65 tokens\) differs from the checkpoint's"),
     ('train.py', ['--init_from=resume', '--block_size=64'], None, r"block_size=64 is larger than the checkpoint's 32"),
+    ('train.py', ['--init_from=resume', '--block_size=16'], None, r"resuming keeps the checkpoint's block_size=32"),
+    ('train.py', [], 'broken meta', r"data/shakespeare_char/meta.json is not valid JSON"),
     ('train.py', ['--init_from=resume'], 'no ckpt', r"no checkpoint at out/ckpt.pt"),
     ('train.py', ['--init_from=resume'], 'truncated ckpt', r"checkpoint out/ckpt.pt is corrupt or truncated"),
     ('train.py', ['--init_from=resume'], 'pickled ckpt', r"refusing to load out/ckpt.pt: it holds Python objects"),
@@ -283,7 +287,7 @@ BAD_INPUTS = [
 
 
 @pytest.mark.parametrize('script, args, change, message', BAD_INPUTS,
-                         ids=[f"{s}-{c or a[0]}" for s, a, c, _ in BAD_INPUTS])
+                         ids=[f"{s}-{c or ' '.join(a)}" for s, a, c, _ in BAD_INPUTS])
 def test_bad_input_gets_a_one_line_error_and_changes_nothing(workdir, script, args, change, message):
     corrupt(workdir, change)
     before = files_in(workdir)
