@@ -196,7 +196,9 @@ def test_usr1_requeues_the_job_which_resumes_by_itself(jobs, full_run, tmp_path_
     subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True)
     info = wait_until_ended(job_id)
     text = log.read_text()  # both runs, appended (--open-mode=append)
-    assert (info['JobState'], info['ExitCode'], info['Restarts']) == ('COMPLETED', '0:0', '1'), text
+    # not ExitCode: after a requeue SLURM may keep the first run's (143, its batch shell got the
+    # requeue's SIGTERM) although the final run completed; seen once on a loaded machine
+    assert (info['JobState'], info['Restarts']) == ('COMPLETED', '1'), text
     assert f'requeued SLURM job {job_id}' in text
     first, second = text.split('(restart 1)')
     assert 'received SIGUSR1' in first and 'from scratch' in first
