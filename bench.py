@@ -13,14 +13,13 @@ benchmarks: bench/prepare_char.py, bench/prepare_bpe.py (data preparation), benc
 import os
 import sys
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
 
 import configurator
 from model import GPT, GPTConfig, device_peak_flops
-from train import RandomBatches, model_vocab_size, read_vocab, resolve_device, resolve_dtype
+from train import RandomBatches, autocast_context, model_vocab_size, read_vocab, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -47,11 +46,7 @@ def main(argv):
     device_type = dev.split(':')[0]
     cfg.dtype = resolve_dtype(cfg.dtype, device_type)
     torch.manual_seed(cfg.seed)
-    if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    autocast = autocast_context(device_type, cfg.dtype)
 
     if cfg.real_data:
         data_dir = os.path.join('data', cfg.dataset)

@@ -28,6 +28,10 @@ class GPTConfig:
     bias: bool = True  # bias in Linears and LayerNorms, like GPT-2; False is a bit better and faster
 
 
+# the GPTConfig fields that define the weights' shapes (dropout does not), as checkpoints record them
+ARCHITECTURE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
+
+
 class KVCache:
     """Keys and values of the positions seen so far, one buffer per layer.
 

@@ -11,7 +11,6 @@ import os
 import re
 import sys
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
 import torch
@@ -20,8 +19,8 @@ import checkpoint
 import configurator
 from configurator import ConfigError, UserError
 from data.bpe import get_encoding
-from model import GPT, GPTConfig
-from train import load_gpt2, read_vocab, resolve_device, resolve_dtype
+from model import ARCHITECTURE, GPT, GPTConfig
+from train import autocast_context, load_gpt2, read_vocab, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -95,7 +94,7 @@ def load_model(cfg, device):
         path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
         ckpt = checkpoint.load(path, map_location=device)
         args = ckpt['model_args']
-        model = GPT(GPTConfig(**{k: args[k] for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')}))
+        model = GPT(GPTConfig(**{k: args[k] for k in ARCHITECTURE}))
         model.load_state_dict(ckpt['model'])
         vocab = ckpt.get('vocab')
         if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
@@ -126,13 +125,8 @@ def main(argv):
     check_sampling(cfg)
     device = resolve_device(cfg.device)
     device_type = device.split(':')[0]
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16,
-               'float16': torch.float16}[resolve_dtype(cfg.dtype, device_type)]
+    autocast = autocast_context(device_type, resolve_dtype(cfg.dtype, device_type))
     torch.manual_seed(cfg.seed)
-    if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
 
     model, vocab = load_model(cfg, device)
     model.eval()

@@ -28,7 +28,7 @@ import checkpoint
 import configurator
 import distributed
 from configurator import ConfigError, UserError
-from model import GPT, GPTConfig, device_peak_flops
+from model import ARCHITECTURE, GPT, GPTConfig, device_peak_flops
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -214,6 +214,17 @@ def resolve_dtype(requested, device_type):
     return 'float32'
 
 
+def autocast_context(device_type, dtype):
+    """The context the forward passes run in: as is for float32, autocast for bfloat16/float16.
+    On CUDA, float32 matmuls may use TF32 (Ampere and later): much faster, as accurate as training needs."""
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if dtype == 'float32':
+        return nullcontext()
+    return torch.amp.autocast(device_type=device_type, dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])
+
+
 def check_writable(directory):
     try:
         os.makedirs(directory, exist_ok=True)
@@ -261,11 +272,7 @@ def main(argv):
     print0(f"config {json.dumps(vars(cfg))}")
     print0(f"tokens per iteration will be: {tokens_per_iter:,}")
 
-    if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True  # TF32 matmuls on Ampere and later
-        torch.backends.cudnn.allow_tf32 = True
-    ptdtype = {'float32': torch.float32, 'bfloat16': torch.bfloat16, 'float16': torch.float16}[cfg.dtype]
-    autocast = nullcontext() if ptdtype == torch.float32 else torch.amp.autocast(device_type=device_type, dtype=ptdtype)
+    autocast = autocast_context(device_type, cfg.dtype)
 
     # -------------------------------------------------------------------------
     # data
@@ -303,7 +310,7 @@ def main(argv):
                             f"tokens) differs from the checkpoint's ({ckpt_vocab['tokenizer']}, "
                             f"{ckpt_vocab['vocab_size']} tokens): train on the dataset the checkpoint was trained on")
         # the architecture is the checkpoint's; the config can only shrink the context
-        for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+        for k in ARCHITECTURE:
             model_args[k] = ckpt['model_args'][k]
         if cfg.block_size > model_args['block_size']:
             raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
@@ -325,7 +332,7 @@ def main(argv):
         if vocab['tokenizer'] != 'gpt2':
             raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
         model = load_gpt2(cfg.init_from, cfg.dropout)
-        for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size'):
+        for k in ARCHITECTURE:
             model_args[k] = getattr(model.config, k)
     else:
         raise ConfigError(f"init_from must be 'scratch', 'resume', 'gpt2*' or an existing checkpoint "

@@ -25,7 +25,9 @@ def main(argv=None):
     check_args(args)
     bpe.get_encoding(args.encoding)  # fail early, in one line, when the tokenizer files are missing
     if args.input:
-        path = check_inputs(args.input[:1], exts=('.txt',))[0]
+        if len(args.input) > 1:
+            raise UserError("tiny shakespeare is one text file: pass one --input")
+        path = check_inputs(args.input, exts=('.txt',))[0]
     else:
         path = os.path.join(args.out_dir, 'input.txt')
         if not os.path.exists(path):
