@@ -136,8 +136,13 @@ def read_range(path, start, end):
 
 def iter_row_batches(path, batch_bytes):
     """Lists of documents (the "text" field) of about batch_bytes characters from .jsonl(.gz) or .parquet."""
+    return _batched(_iter_texts(path), batch_bytes)
+
+
+def _batched(texts, batch_bytes):
+    """Consecutive texts, grouped into lists of about batch_bytes characters."""
     batch, n = [], 0
-    for text in _iter_texts(path):
+    for text in texts:
         batch.append(text)
         n += len(text)
         if n >= batch_bytes:
@@ -215,18 +220,14 @@ def _hub_reachable(timeout=5):
 
 def iter_hf_batches(ds, batch_bytes, rows_per_read=1000):
     """Lists of documents of about batch_bytes characters from a (streaming or not) HF dataset."""
-    batch, n = [], 0
+    return _batched(_hf_texts(ds, rows_per_read), batch_bytes)
+
+
+def _hf_texts(ds, rows_per_read):
     for rows in ds.iter(batch_size=rows_per_read):
         if 'text' not in rows:
             raise UserError(f"the dataset has no 'text' column (columns: {', '.join(rows)})")
-        for text in rows['text']:
-            batch.append(text)
-            n += len(text)
-            if n >= batch_bytes:
-                yield batch
-                batch, n = [], 0
-    if batch:
-        yield batch
+        yield from rows['text']
 
 
 # ----------------------------------------------------------------------------- corpus
