@@ -100,7 +100,8 @@ def load_model(cfg, device):
         if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
             data_dir = os.path.join('data', ckpt.get('config', {}).get('dataset', ''))
             vocab = read_vocab(data_dir)
-            if vocab['vocab_size'] > args['vocab_size'] or (vocab['tokenizer'] == 'char' and vocab['vocab_size'] != args['vocab_size']):
+            too_big = vocab['vocab_size'] > args['vocab_size']
+            if too_big or (vocab['tokenizer'] == 'char' and vocab['vocab_size'] != args['vocab_size']):
                 raise UserError(f"{path} holds no vocabulary and the one in {data_dir} ({vocab['tokenizer']}, "
                                 f"{vocab['vocab_size']} tokens) does not fit its {args['vocab_size']} outputs")
         return model, vocab
