@@ -10,13 +10,15 @@ in order, to train.bin / val.bin: ~2 bytes per 4 bytes of text, which costs litt
 tokenization. Whole documents go to val.bin with probability val_fraction, by a hash of (seed,
 document index), so the bytes do not depend on the worker count or chunk size.
 """
+import argparse
 import itertools
 import os
 
 import numpy as np
 
-from data.pipeline import (Output, UserError, Workers, chunk_documents, chunk_progress, dtype_for, progress,
-                           split_runs, val_mask)
+from data.pipeline import (Corpus, Output, UserError, Workers, add_common_args, check_args, check_inputs,
+                           chunk_documents, chunk_progress, dtype_for, load_hf_dataset, progress, split_runs,
+                           val_mask)
 
 _ENCODINGS = {}  # per process: a Ray worker loads the encoding once, not once per task
 
@@ -110,3 +112,27 @@ def add_args(p):
     p.add_argument('--revision', default=None,
                    help='dataset revision on the hub (a branch, tag or commit; e.g. refs/convert/parquet)')
     return p
+
+
+def prepare_hf_corpus(description, out_dir, dataset, config=None, argv=None):
+    """The whole command line of a prepare script for a Hugging Face web corpus (openwebtext,
+    fineweb_edu): the dataset, or --input files, to train.bin / val.bin with 0.05% of the
+    documents (seed 2357) in val, as nanoGPT splits OpenWebText."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_args(p, chunk_size='4M', out_dir=out_dir, val_fraction=0.0005, seed=2357)
+    add_args(p)
+    p.add_argument('--dataset', default=dataset, help='Hugging Face dataset (default: %(default)s)')
+    if config is not None:
+        p.add_argument('--config', default=config, help='dataset config (default: %(default)s)')
+    args = p.parse_args(argv)
+    check_args(args)
+    get_encoding(args.encoding)  # fail early, in one line, when the tokenizer files are missing
+    if args.input:
+        corpus = Corpus(check_inputs(args.input))
+    else:
+        config = getattr(args, 'config', None)
+        ds = load_hf_dataset(args.dataset, config, split='train', streaming=args.streaming, revision=args.revision)
+        corpus = Corpus(dataset=ds, name=f"{args.dataset}/{config}" if config else args.dataset)
+    prepare(corpus, args.out_dir, encoding=args.encoding, val_fraction=args.val_fraction, seed=args.seed,
+            num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address,
+            max_tokens=args.max_tokens)
