@@ -41,9 +41,11 @@ def run(main, *args):
 
 
 def defaults_from(namespace):
-    """The config defaults among a script's globals: the plain values, not modules or functions."""
+    """The config defaults among a script's globals: the plain lowercase values, not modules,
+    functions or UPPERCASE constants (such as those a script imports)."""
     return {k: v for k, v in namespace.items()
-            if not k.startswith('_') and isinstance(v, (bool, int, float, str, list, tuple, type(None)))}
+            if not k.startswith('_') and not k.isupper()
+            and isinstance(v, (bool, int, float, str, list, tuple, type(None)))}
 
 
 def configure(defaults, argv):

@@ -143,6 +143,9 @@ def setup(launch, device, backend='auto', timeout_s=600):
 
 def cleanup(launch):
     if launch.ddp and dist.is_initialized():
+        # wait for every rank (rank 0 may still be writing a checkpoint): tearing down a gloo
+        # group while a peer still uses it can abort the process ("terminate called ...")
+        dist.barrier()
         dist.destroy_process_group()
 
 

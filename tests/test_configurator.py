@@ -62,6 +62,11 @@ def test_scripts_exit_2_with_one_line_and_no_traceback(script, tmp_path):
     assert 'Traceback' not in proc.stderr
 
 
+def test_imported_constants_are_not_config_keys():
+    from train import DEFAULTS as TRAIN_DEFAULTS
+    assert 'ARCHITECTURE' not in TRAIN_DEFAULTS and 'batch_size' in TRAIN_DEFAULTS
+
+
 def test_every_config_file_in_the_repository_applies_to_train_py():
     from train import DEFAULTS as TRAIN_DEFAULTS
     for config_file in sorted((REPO / 'config').glob('*.py')):
