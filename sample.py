@@ -19,7 +19,7 @@ import checkpoint
 import configurator
 from configurator import ConfigError, UserError
 from data.bpe import get_encoding
-from model import ARCHITECTURE, GPT, GPTConfig
+from model import ARCHITECTURE, GPT, GPTConfig, KVCache
 from train import autocast_context, load_gpt2, read_vocab, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
@@ -36,7 +36,7 @@ stream = False  # print each token as it is generated
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps'; auto: cuda if available, else mps, else cpu
 dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float16 on older GPUs, float32 on CPU
-compile = False  # torch.compile the forward pass (recompiles as the context grows: try it on GPUs)
+compile = False  # torch.compile the per-token step (recompiles as the context grows: try it on GPUs)
 # -----------------------------------------------------------------------------
 DEFAULTS = configurator.defaults_from(globals())
 
@@ -132,9 +132,11 @@ def main(argv):
     model, vocab = load_model(cfg, device)
     model.eval()
     model.to(device)
-    if cfg.compile:
-        # compile the forward pass itself: generate_tokens calls it once per token
-        model.forward = torch.compile(model.forward, dynamic=True)
+    if cfg.compile:  # compile what runs once per token: the cached step, or the whole forward pass
+        if cfg.kv_cache:
+            KVCache.forward = torch.compile(KVCache.forward, dynamic=True)
+        else:
+            model.forward = torch.compile(model.forward, dynamic=True)
     codec = Codec(vocab)
 
     prompt = cfg.start

@@ -79,15 +79,23 @@ def test_crop_block_size_keeps_the_first_positions():
         model(torch.zeros(1, 9, dtype=torch.long))
 
 
+@pytest.mark.parametrize('bias', [True, False])
+def test_kv_cache_prefill_is_the_forward_pass_op_for_op(bias):
+    model = tiny_gpt(bias=bias)
+    idx = torch.randint(0, 37, (3, 12))
+    with torch.inference_mode():
+        assert torch.equal(KVCache(model).forward(idx), model(idx)[0])
+
+
 def test_kv_cache_prefill_and_steps_match_full_forward():
     model = tiny_gpt()
     idx = torch.randint(0, 37, (3, 12))
     expected = full_logits(model, idx)
-    cache = KVCache(model.config.n_layer, model.config.block_size)
-    logits, _ = model(idx[:, :5], kv_cache=cache)
+    cache = KVCache(model)
+    logits = cache.forward(idx[:, :5])
     torch.testing.assert_close(logits[:, -1], expected[:, 4], rtol=1e-5, atol=1e-5)
     for t in range(5, 12):
-        logits, _ = model(idx[:, t:t + 1], kv_cache=cache)
+        logits = cache.forward(idx[:, t:t + 1])
         torch.testing.assert_close(logits[:, -1], expected[:, t], rtol=1e-5, atol=1e-5)
     assert cache.length == 12
 
@@ -108,11 +116,11 @@ def test_generation_with_kv_cache_gives_the_same_tokens(vocab_size, new_tokens, 
     assert torch.equal(outputs[0], outputs[1])
 
 
-def test_generation_past_block_size_keeps_at_least_half_the_context():
+def test_generation_past_block_size_keeps_at_least_half_the_context(monkeypatch):
     model = tiny_gpt()
     calls = []
-    original_forward = model.forward
-    model.forward = lambda idx, targets=None, kv_cache=None: (calls.append(idx.size(1)), original_forward(idx, targets, kv_cache))[1]
+    original_forward = KVCache.forward
+    monkeypatch.setattr(KVCache, 'forward', lambda cache, idx: (calls.append(idx.size(1)), original_forward(cache, idx))[1])
     list(model.generate_tokens(torch.zeros(1, 3, dtype=torch.long), 40))
     # one prefill, then one token per step, and a rebuild from the last block_size // 2 tokens each
     # time the window fills up: never a full re-run of the context per token
