@@ -142,7 +142,7 @@ CONTINUATION = bytes(range(0x80, 0xC0))
 MARK = 0xFF  # never occurs in UTF-8: stands for a separator while encoding
 
 
-def encode_chunk(chunk, stories, lut, eot, dtype, plan, paths):
+def encode_chunk(chunk, plan, stories, lut, eot, dtype, paths):
     """Pass 2: encode a chunk and write its tokens into the pre-sized train/val files at plan's offsets."""
     buf, n, where, base = _chunk_bytes(chunk, stories)
     size = chunk_progress(chunk, len(buf))
@@ -203,12 +203,14 @@ def _write(path, offset, arr):
 def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk_size=8 << 20, ray_address=None):
     """Write out_dir/train.bin, val.bin and meta.json for a Corpus. Returns meta."""
     sep = SEPARATOR if stories else None
+    group = corpus.chunks_per_task(chunk_size, num_workers)
     with Workers(num_workers, ray_address) as workers, Output(out_dir) as out:
         # pass 1: vocabulary and, per chunk, where its tokens go
         used = np.zeros(0x110000, bool)
         plan, n_docs, n_train_tok, n_val_tok, total = [], 0, 0, 0, 0
         with progress(corpus.total_bytes, 'pass 1/2 vocabulary') as bar:
-            for nbytes, present, lens in workers.map(scan_chunk, ((c, stories) for c in corpus.chunks(chunk_size, sep))):
+            chunks = ((c,) for c in corpus.chunks(chunk_size, sep))
+            for nbytes, present, lens in workers.map(scan_chunk, chunks, (stories,), group):
                 used[present] = True
                 if stories:
                     tok = lens + 1  # every document ends with <|endoftext|>
@@ -237,10 +239,9 @@ def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk
         # pass 2: encode every chunk into its slice of the pre-sized files
         out.presize('train', n_train_tok, dtype)
         out.presize('val', n_val_tok, dtype)
-        lut_ref = workers.put(lut)
-        args = ((c, stories, lut_ref, eot, dtype, p, out.tmp) for c, p in zip(corpus.chunks(chunk_size, sep), plan))
+        args = zip(corpus.chunks(chunk_size, sep), plan)
         with progress(total, 'pass 2/2 encode') as bar:
-            for nbytes in workers.map(encode_chunk, args):
+            for nbytes in workers.map(encode_chunk, args, (stories, lut, eot, dtype, out.tmp), group):
                 bar.update(nbytes)
 
         meta = dict(tokenizer='char', vocab_size=len(itos), dtype=np.dtype(dtype).name, itos=itos,

@@ -46,7 +46,8 @@ def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, num_
     p.add_argument('--num_workers', type=int, default=num_workers,
                    help='parallel workers (Ray tasks); 1 runs in this process without starting Ray (default: %(default)s)')
     p.add_argument('--chunk_size', type=parse_size, default=chunk_size,
-                   help='bytes of text per task, e.g. 16M or 1000000 (default: %(default)s)')
+                   help='bytes of text per chunk, e.g. 16M or 1000000; a worker holds one chunk at a time '
+                        '(default: %(default)s)')
     p.add_argument('--ray_address', default=None,
                    help='join a running Ray cluster (e.g. "auto" or host:port) instead of starting a local one')
     p.add_argument('--val_fraction', type=float, default=val_fraction,
@@ -256,6 +257,19 @@ class Corpus:
             except AttributeError:
                 self.total_bytes = None
 
+    def chunks_per_task(self, chunk_size, num_workers):
+        """How many consecutive chunks one Ray task should run. A task costs milliseconds of scheduling
+        across the driver, the raylet and the worker, CPU that a small machine takes from the work:
+        on 2 cores, 8 MiB per task ran 2 workers at 1.3x one worker, 64 MiB per task at 1.5x
+        (bench/prepare_char.py). Byte ranges of local files are grouped to about two tasks per worker,
+        at most 16 chunks each to keep progress and load balance fine-grained; their description is
+        all a task receives, and it reads and processes one chunk at a time, so memory stays one
+        chunk per worker. Chunks that carry their documents (rows of a dataset) are not grouped."""
+        if not self.paths or self.total_bytes is None:
+            return 1
+        n_chunks = self.total_bytes // chunk_size + 1
+        return max(1, min(16, n_chunks // (2 * num_workers)))
+
     def chunks(self, chunk_size, sep=SEPARATOR):
         sep_b = sep.encode() if sep else None
         if self.batches is not None:
@@ -324,6 +338,22 @@ def _ready():
     return True
 
 
+def _call_each(fn, calls, *shared):
+    return [fn(*args, *shared) for args in calls]
+
+
+def _groups(items, n):
+    """Consecutive items in lists of n (the last one shorter)."""
+    group = []
+    for item in items:
+        group.append(item)
+        if len(group) == n:
+            yield group
+            group = []
+    if group:
+        yield group
+
+
 class Workers:
     """An ordered map over worker processes. One worker (and no --ray_address): plain calls in this
     process, so a small job pays no Ray start-up. Otherwise Ray tasks, at most 2 per worker in flight,
@@ -352,25 +382,24 @@ class Workers:
         if self.started_ray:
             self.ray.shutdown()
 
-    def put(self, obj):
-        """Share a large read-only argument (a lookup table) with every task once."""
-        return self.ray.put(obj) if self.ray else obj
-
-    def map(self, fn, arg_tuples):
-        """Yield fn(*args) for each args, in order."""
+    def map(self, fn, arg_tuples, shared=(), group=1):
+        """Yield fn(*args, *shared) for each args, in order. shared: arguments that every call gets,
+        sent to the workers once (a lookup table). With Ray, each task makes `group` consecutive calls:
+        fewer, longer tasks where a task's scheduling would cost a noticeable part of one call."""
         if self.ray is None:
             for args in arg_tuples:
-                yield fn(*args)
+                yield fn(*args, *shared)
             return
-        remote = self.ray.remote(num_cpus=1)(fn)
+        shared = [self.ray.put(x) for x in shared]  # tasks get these by reference, resolved by Ray
+        remote = self.ray.remote(num_cpus=1)(_call_each)
         pending = collections.deque()
         try:
-            for args in arg_tuples:
-                pending.append(remote.remote(*args))
+            for calls in _groups(arg_tuples, group):
+                pending.append(remote.remote(fn, calls, *shared))
                 if len(pending) >= 2 * self.num_workers:
-                    yield self._get(pending.popleft())
+                    yield from self._get(pending.popleft())
             while pending:
-                yield self._get(pending.popleft())
+                yield from self._get(pending.popleft())
         finally:
             for ref in pending:  # an error or an early stop: do not leave tasks running
                 self.ray.cancel(ref)
