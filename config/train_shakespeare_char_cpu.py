@@ -2,7 +2,8 @@
 #   python train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
 #     --log_interval=1 --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128
 #     --max_iters=2000 --lr_decay_iters=2000 --dropout=0.0
-# A few minutes on a 2-core machine; reaches a val loss of about 1.88.
+# A few minutes on a 2-core machine; reaches a val loss of about 1.90 (the logged estimate, from
+# eval_iters=20 batches, scatters by about 0.015 around that).
 
 out_dir = 'out-shakespeare-char'
 eval_interval = 250
