@@ -253,15 +253,17 @@ class KVCache:
     keys and values of every position seen so far, so that each generated token costs one
     position's compute instead of a forward pass over the whole context.
 
-    forward() computes what GPT.forward does in eval mode, op for op, so the logits are the same
-    (tests hold it to that). It calls the functional ops on weights looked up once, rather than
-    going through the nn.Modules: on a small model a one-token step is mostly per-call overhead,
-    and module dispatch and attribute lookups made up almost half of it (0.45 vs 0.24 ms per
-    step for the shakespeare_char model on CPU).
+    forward() computes what GPT.forward computes in eval mode, with the same ops on the same
+    weights (a test holds a prefill's logits bit-identical on CPU). It calls the functional ops
+    on weights looked up once rather than going through the nn.Modules: on a small model a
+    one-token step is mostly per-call overhead, and module dispatch and attribute lookups were
+    about half of it (see the generation benchmark in the README).
     """
 
     def __init__(self, model):
         cfg = model.config
+        assert not (model.training and cfg.dropout > 0), \
+            "the cache runs the network without dropout: call model.eval() first"
         self.n_head, self.max_len = cfg.n_head, cfg.block_size
         self.length = 0  # positions filled; the next token goes at this position
         t = model.transformer
@@ -292,10 +294,10 @@ class KVCache:
             k, v = self.kv[layer].narrow(3, 0, end).unbind(0)
             # the prefill needs the causal mask; a single new token may attend to every position so far
             y = F.scaled_dot_product_attention(q[0], k, v, is_causal=t > 1)
-            x = x + F.linear(y.transpose(1, 2).reshape(b, t, C), *attn_proj)
+            x = x + F.linear(y.transpose(1, 2).contiguous().view(b, t, C), *attn_proj)
             x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, *ln_2), *c_fc), approximate='tanh'), *mlp_proj)
         self.length = end
-        return F.linear(F.layer_norm(x[:, -1:], *self.ln_f), self.lm_head)
+        return F.linear(F.layer_norm(x, *self.ln_f)[:, -1:, :], self.lm_head)
 
 
 def _linear_args(linear):

@@ -36,7 +36,7 @@ stream = False  # print each token as it is generated
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps'; auto: cuda if available, else mps, else cpu
 dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float16 on older GPUs, float32 on CPU
-compile = False  # torch.compile the per-token step (recompiles as the context grows: try it on GPUs)
+compile = False  # torch.compile the per-token step; compiling takes a while: for long generations on GPUs
 # -----------------------------------------------------------------------------
 DEFAULTS = configurator.defaults_from(globals())
 
@@ -133,7 +133,7 @@ def main(argv):
     model.eval()
     model.to(device)
     if cfg.compile:  # compile what runs once per token: the cached step, or the whole forward pass
-        if cfg.kv_cache:
+        if cfg.kv_cache:  # for every KVCache of this process: generate_tokens makes a new one per window
             KVCache.forward = torch.compile(KVCache.forward, dynamic=True)
         else:
             model.forward = torch.compile(model.forward, dynamic=True)

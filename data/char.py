@@ -209,7 +209,7 @@ def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk
         used = np.zeros(0x110000, bool)
         plan, n_docs, n_train_tok, n_val_tok, total = [], 0, 0, 0, 0
         with progress(corpus.total_bytes, 'pass 1/2 vocabulary') as bar:
-            chunks = ((c,) for c in corpus.chunks(chunk_size, sep))
+            chunks = zip(corpus.chunks(chunk_size, sep))  # (chunk,) tuples: each call's own arguments
             for nbytes, present, lens in workers.map(scan_chunk, chunks, (stories,), group):
                 used[present] = True
                 if stories:

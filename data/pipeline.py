@@ -246,11 +246,12 @@ class Corpus:
     def __init__(self, paths=None, dataset=None, name=None, batches=None):
         self.paths, self.dataset, self.batches = paths, dataset, batches
         self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else 'a dataset')
+        # every chunk a byte range that the worker reads itself (.txt and .jsonl files only)
+        self.byte_ranges = bool(paths) and all(_is_byte_range_file(p) for p in paths)
         if batches is not None:  # documents already in memory (tiny shakespeare)
             self.total_bytes = sum(len(d) for b in batches for d in b)
-        elif paths:  # exact for .txt / .jsonl; compressed and columnar files are counted in text bytes
-            exact = all(is_text_file(p) or p.lower().endswith('.jsonl') for p in paths)
-            self.total_bytes = sum(os.path.getsize(p) for p in paths) if exact else None
+        elif paths:  # exact for byte ranges; compressed and columnar files are counted in text bytes
+            self.total_bytes = sum(os.path.getsize(p) for p in paths) if self.byte_ranges else None
         else:
             try:  # an estimate (Arrow buffers) for a downloaded dataset; unknown when streaming
                 self.total_bytes = dataset.data.nbytes
@@ -259,13 +260,12 @@ class Corpus:
 
     def chunks_per_task(self, chunk_size, num_workers):
         """How many consecutive chunks one Ray task should run. A task costs milliseconds of scheduling
-        across the driver, the raylet and the worker, CPU that a small machine takes from the work:
-        on 2 cores, 8 MiB per task ran 2 workers at 1.3x one worker, 64 MiB per task at 1.5x
-        (bench/prepare_char.py). Byte ranges of local files are grouped to about two tasks per worker,
-        at most 16 chunks each to keep progress and load balance fine-grained; their description is
-        all a task receives, and it reads and processes one chunk at a time, so memory stays one
-        chunk per worker. Chunks that carry their documents (rows of a dataset) are not grouped."""
-        if not self.paths or self.total_bytes is None:
+        across the driver, the raylet and the worker, CPU that a small machine takes from the work
+        (bench/prepare_char.py shows the difference). Byte ranges of local files are grouped to about
+        two tasks per worker, at most 16 chunks each to keep progress and load balance fine-grained:
+        their description is all a task receives, and it reads and processes one chunk at a time,
+        so memory stays one chunk per worker. Chunks that carry their documents are not grouped."""
+        if not self.byte_ranges:
             return 1
         n_chunks = self.total_bytes // chunk_size + 1
         return max(1, min(16, n_chunks // (2 * num_workers)))
@@ -280,13 +280,17 @@ class Corpus:
                 yield ('texts', texts)
             return
         for path in self.paths:
-            if is_text_file(path) or path.lower().endswith('.jsonl'):  # byte ranges, read by the workers
+            if _is_byte_range_file(path):  # byte ranges, read by the workers
                 ranges = list(text_ranges(path, chunk_size, sep_b if is_text_file(path) else b'\n'))
                 for i, (start, end) in enumerate(ranges):
                     yield ('file', path, start, end, i == len(ranges) - 1)
             else:  # compressed or columnar: read here, documents shipped to the workers
                 for texts in iter_row_batches(path, chunk_size):
                     yield ('texts', texts)
+
+
+def _is_byte_range_file(path):
+    return is_text_file(path) or path.lower().endswith('.jsonl')
 
 
 def chunk_progress(chunk, n_text_bytes):
@@ -339,6 +343,7 @@ def _ready():
 
 
 def _call_each(fn, calls, *shared):
+    """One Ray task that makes several calls, so that they share one task's scheduling cost."""
     return [fn(*args, *shared) for args in calls]
 
 
@@ -390,7 +395,8 @@ class Workers:
             for args in arg_tuples:
                 yield fn(*args, *shared)
             return
-        shared = [self.ray.put(x) for x in shared]  # tasks get these by reference, resolved by Ray
+        # in the object store once, rather than serialised again into every task's arguments
+        shared = [self.ray.put(x) for x in shared]
         remote = self.ray.remote(num_cpus=1)(_call_each)
         pending = collections.deque()
         try:

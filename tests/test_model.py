@@ -80,10 +80,11 @@ def test_crop_block_size_keeps_the_first_positions():
 
 
 @pytest.mark.parametrize('bias', [True, False])
-def test_kv_cache_prefill_is_the_forward_pass_op_for_op(bias):
-    model = tiny_gpt(bias=bias)
-    idx = torch.randint(0, 37, (3, 12))
-    with torch.inference_mode():
+@pytest.mark.parametrize('shape', [(1, 12), (4, 7)])
+def test_kv_cache_prefill_gives_bit_identical_logits(bias, shape):
+    with torch.inference_mode():  # also the weights: matmul kernels may pick another path for them
+        model = tiny_gpt(bias=bias)
+        idx = torch.randint(0, 37, shape)
         assert torch.equal(KVCache(model).forward(idx), model(idx)[0])
 
 
@@ -127,6 +128,13 @@ def test_generation_past_block_size_keeps_at_least_half_the_context(monkeypatch)
     prefills = [n for n in calls if n > 1]
     assert prefills == [3, 8, 8, 8]  # rebuilt when the sequence reaches 17, 26 and 35 tokens
     assert len(calls) == 40
+
+
+def test_kv_cache_refuses_a_model_in_training_mode_with_dropout():
+    model = tiny_gpt(dropout=0.1).train()  # the uncached path would apply dropout, the cache would not
+    with pytest.raises(AssertionError, match=r'model\.eval\(\)'):
+        model.generate(torch.zeros(1, 1, dtype=torch.long), 2)
+    model.generate(torch.zeros(1, 1, dtype=torch.long), 2, kv_cache=False)  # uncached: runs, with dropout
 
 
 def test_generation_never_draws_the_padding_ids_of_a_padded_vocabulary():
