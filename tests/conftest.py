@@ -34,6 +34,18 @@ def run_script(script, *args, cwd, check=True, env=None, timeout=600):
     return proc
 
 
+def run_prepare(name, *args, env=None):
+    """Run data/<name>/prepare.py as a user does; the caller checks the outcome."""
+    return run_script(f'data/{name}/prepare.py', *args, cwd=REPO, check=False, env=env, timeout=120)
+
+
+def load_prepared(out_dir):
+    """(meta, train tokens, val tokens) of a prepared dataset."""
+    meta = json.loads((Path(out_dir) / 'meta.json').read_text())
+    dtype = np.dtype(meta['dtype'])
+    return meta, np.fromfile(Path(out_dir) / 'train.bin', dtype), np.fromfile(Path(out_dir) / 'val.bin', dtype)
+
+
 def write_char_dataset(data_dir, text, train_fraction=0.9):
     """A char-level dataset in the format the prepare scripts write (train.bin, val.bin, meta.json)."""
     data_dir = Path(data_dir)

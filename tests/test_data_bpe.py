@@ -2,21 +2,17 @@
 import gzip
 import json
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-CACHE = SHARED / 'tiktoken_cache'
-if not SHARED.is_dir():
+from conftest import SHARED_DATA, load_prepared, run_prepare
+
+CACHE = SHARED_DATA / 'tiktoken_cache'
+if not SHARED_DATA.is_dir():
     pytest.skip('../shared/data (tiktoken cache and corpora) not present', allow_module_level=True)
 os.environ['TIKTOKEN_CACHE_DIR'] = str(CACHE)  # the GPT-2 files, offline
-sys.path.insert(0, str(REPO))
-from data import bpe  # noqa: E402
+from data import bpe  # noqa: E402  (after TIKTOKEN_CACHE_DIR is set)
 from data.pipeline import Corpus, UserError  # noqa: E402
 
 EOT = 50256
@@ -32,20 +28,9 @@ DOCS = [
 
 
 def c4_docs(n=None):
-    with gzip.open(SHARED / 'c4_sample_1000docs.jsonl.gz', 'rt', encoding='utf-8') as f:
+    with gzip.open(SHARED_DATA / 'c4_sample_1000docs.jsonl.gz', 'rt', encoding='utf-8') as f:
         docs = [json.loads(line)['text'] for line in f]
     return docs[:n]
-
-
-def run_script(name, *args, env=None):
-    return subprocess.run([sys.executable, f'data/{name}/prepare.py', *args], cwd=REPO, env=dict(os.environ, **(env or {})),
-                          capture_output=True, text=True, timeout=120)
-
-
-def load(out):
-    meta = json.loads((Path(out) / 'meta.json').read_text())
-    dt = np.dtype(meta['dtype'])
-    return meta, np.fromfile(Path(out) / 'train.bin', dt), np.fromfile(Path(out) / 'val.bin', dt)
 
 
 def documents(ids, enc):
@@ -81,7 +66,7 @@ def test_documents_round_trip_through_the_bins_for_every_input_format(tmp_path):
     for path in write_inputs(tmp_path, DOCS):
         out = tmp_path / ('out_' + path.name.replace('.', '_'))
         meta = bpe.prepare(Corpus([str(path)]), out, val_fraction=0.3, seed=5, chunk_size=100)
-        meta_, train, val = load(out)
+        meta_, train, val = load_prepared(out)
         assert (meta['tokenizer'], meta['vocab_size'], meta['dtype'], meta['eot_token']) == ('gpt2', 50257, 'uint16', EOT)
         assert meta_ == meta and train.dtype == np.uint16
         assert meta['documents'] == len(DOCS) == (train == EOT).sum() + (val == EOT).sum()
@@ -96,7 +81,7 @@ def test_literal_separator_in_a_row_is_text_not_eot(tmp_path):
     docs = ["a <|endoftext|> b", "c"]
     path = write_inputs(tmp_path, docs)[0]
     bpe.prepare(Corpus([str(path)]), tmp_path / 'o', val_fraction=0.0)
-    _, train, _ = load(tmp_path / 'o')
+    _, train, _ = load_prepared(tmp_path / 'o')
     assert train.tolist() == enc.encode_ordinary(docs[0]) + [EOT] + enc.encode_ordinary(docs[1]) + [EOT]
     assert (train == EOT).sum() == 2
 
@@ -106,7 +91,7 @@ def test_txt_documents_are_separated_by_endoftext(tmp_path):
     docs = ["First story.\nThe end.", "Second story, 😀.", "Third."]
     (tmp_path / 's.txt').write_text('\n<|endoftext|>\n'.join(docs) + '\n<|endoftext|>\n', encoding='utf-8')
     bpe.prepare(Corpus([str(tmp_path / 's.txt')]), tmp_path / 'o', val_fraction=0.0, chunk_size=64)
-    meta, train, _ = load(tmp_path / 'o')
+    meta, train, _ = load_prepared(tmp_path / 'o')
     assert meta['documents'] == 3
     assert [d.strip('\n') for d in documents(train, enc)] == docs
 
@@ -127,7 +112,7 @@ def test_max_tokens_stops_at_a_document_boundary(tmp_path):
     path = tmp_path / 'c4.jsonl'
     path.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs), encoding='utf-8')
     meta = bpe.prepare(Corpus([str(path)]), tmp_path / 'o', val_fraction=0.0, chunk_size=5_000, max_tokens=20_000)
-    _, train, _ = load(tmp_path / 'o')
+    _, train, _ = load_prepared(tmp_path / 'o')
     enc = bpe.get_encoding('gpt2')
     n = meta['documents']
     expected = sum(len(enc.encode_ordinary(d)) + 1 for d in docs[:n])
@@ -146,13 +131,13 @@ def test_uint32_tokenizer_and_dtype_check(tmp_path):
 
 
 def test_shakespeare_matches_nanogpt_plus_eot(tmp_path):
-    r = run_script('shakespeare', '--input', str(SHARED / 'tinyshakespeare.txt'), '--out_dir', str(tmp_path), env=OFFLINE)
+    r = run_prepare('shakespeare', '--input', SHARED_DATA / 'tinyshakespeare.txt', '--out_dir', tmp_path, env=OFFLINE)
     assert r.returncode == 0, r.stderr
-    meta, train, val = load(tmp_path)
+    meta, train, val = load_prepared(tmp_path)
     # nanoGPT: 301,966 train and 36,059 val tokens; each split here also ends with <|endoftext|>
     assert (len(train), len(val)) == (301_967, 36_060) and train[-1] == val[-1] == EOT
     enc = bpe.get_encoding('gpt2')
-    data = (SHARED / 'tinyshakespeare.txt').read_text()
+    data = (SHARED_DATA / 'tinyshakespeare.txt').read_text()
     n = len(data)
     assert train[:-1].tolist() == enc.encode_ordinary(data[:int(n * 0.9)])
     assert val[:-1].tolist() == enc.encode_ordinary(data[int(n * 0.9):])
@@ -161,7 +146,7 @@ def test_shakespeare_matches_nanogpt_plus_eot(tmp_path):
 def test_missing_tokenizer_files_give_a_one_line_error(tmp_path):
     env = dict(OFFLINE, TIKTOKEN_CACHE_DIR=str(tmp_path / 'empty_cache'))
     for name in ('shakespeare', 'openwebtext', 'fineweb_edu'):
-        r = run_script(name, '--input', str(SHARED / 'tinyshakespeare.txt'), '--out_dir', str(tmp_path / name), env=env)
+        r = run_prepare(name, '--input', SHARED_DATA / 'tinyshakespeare.txt', '--out_dir', tmp_path / name, env=env)
         assert r.returncode != 0 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert 'TIKTOKEN_CACHE_DIR' in r.stderr and "get_encoding('gpt2')" in r.stderr
         assert not (tmp_path / name / 'train.bin').exists()
@@ -169,11 +154,11 @@ def test_missing_tokenizer_files_give_a_one_line_error(tmp_path):
 
 def test_offline_without_input_gives_a_one_line_error(tmp_path):
     for name, extra in (('openwebtext', []), ('fineweb_edu', ['--streaming']), ('shakespeare', [])):
-        r = run_script(name, '--out_dir', str(tmp_path / name), *extra, env=dict(OFFLINE, HF_HOME=str(tmp_path / 'hf')))
+        r = run_prepare(name, '--out_dir', str(tmp_path / name), *extra, env=dict(OFFLINE, HF_HOME=str(tmp_path / 'hf')))
         assert r.returncode != 0 and 'Traceback' not in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
         assert '--input' in r.stderr
     (tmp_path / 'bad.jsonl').write_text('{"title": "no text field"}\n')
-    r = run_script('openwebtext', '--input', str(tmp_path / 'bad.jsonl'), '--out_dir', str(tmp_path / 'b'),
+    r = run_prepare('openwebtext', '--input', str(tmp_path / 'bad.jsonl'), '--out_dir', str(tmp_path / 'b'),
                    '--num_workers', '1', env=OFFLINE)
     assert r.returncode != 0 and "'text' field" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
 

@@ -9,13 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(__file__).resolve().parents[2] / 'shared' / 'data'
-sys.path.insert(0, str(REPO))
-from data import char  # noqa: E402
-from data.pipeline import Corpus, UserError  # noqa: E402
+from conftest import REPO, SHARED_DATA, load_prepared, run_prepare
+from data import char
+from data.pipeline import Corpus, UserError
 
-needs_shared = pytest.mark.skipif(not SHARED.is_dir(), reason='../shared/data (real corpora) not present')
+needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
 SEP = '<|endoftext|>'
 # Latin with accents, Greek, Cyrillic, Arabic, Hindi, CJK, combining marks, and characters outside the
 # BMP (emoji, a CJK extension B ideograph, a Gothic letter): 1, 2, 3 and 4 UTF-8 bytes per character
@@ -27,18 +25,6 @@ UNICODE_STORIES = [
     "",  # an empty story still ends with <|endoftext|>
     "A last story\nover two lines.",
 ]
-
-
-def run_script(name, *args, env=None):
-    full_env = dict(os.environ, **(env or {}))
-    return subprocess.run([sys.executable, f'data/{name}/prepare.py', *args], cwd=REPO, env=full_env,
-                          capture_output=True, text=True, timeout=120)
-
-
-def load(out):
-    meta = json.loads((Path(out) / 'meta.json').read_text())
-    dt = np.dtype(meta['dtype'])
-    return meta, np.fromfile(Path(out) / 'train.bin', dt), np.fromfile(Path(out) / 'val.bin', dt)
 
 
 def write(path, text):
@@ -61,20 +47,20 @@ def test_decode_of_encode_is_the_input_for_any_unicode(tmp_path):
     path = write(tmp_path / 'u.txt', text)
     # stories mode, nothing held out: train.bin decodes back to the file, separators included
     meta = char.prepare(Corpus([path]), tmp_path / 's', stories=True, val_fraction=0.0, chunk_size=64)
-    _, train, val = load(tmp_path / 's')
+    _, train, val = load_prepared(tmp_path / 's')
     assert char.decode(train, meta['itos']) == text and len(val) == 0
     assert meta['itos'][meta['eot_token']] == SEP and (train == meta['eot_token']).sum() == len(UNICODE_STORIES)
     assert '😀' in meta['itos'] and '𠜎' in meta['itos'] and '|' not in meta['itos']  # '|' only occurs in separators
     # chars mode: train + val decode back to the file, cut at 90% of the characters
     meta = char.prepare(Corpus([path]), tmp_path / 'c', stories=False, val_fraction=0.1, chunk_size=64)
-    _, train, val = load(tmp_path / 'c')
+    _, train, val = load_prepared(tmp_path / 'c')
     assert char.decode(train, meta['itos']) == text[:int(len(text) * 0.9)]
     assert char.decode(val, meta['itos']) == text[int(len(text) * 0.9):]
     assert meta['itos'] == sorted(set(text))
 
 
 def test_output_bytes_do_not_depend_on_workers_or_chunk_size(tmp_path, ray_2cpus):
-    head = (SHARED / 'tinystories_train_head2MiB.txt').read_text()[:300_000] if SHARED.is_dir() else ''
+    head = (SHARED_DATA / 'tinystories_train_head2MiB.txt').read_text()[:300_000] if SHARED_DATA.is_dir() else ''
     text = head + SEP.join(UNICODE_STORIES * 50)
     path = write(tmp_path / 'corpus.txt', text)
     outputs = []
@@ -91,7 +77,7 @@ def test_split_keeps_whole_stories_and_is_seeded(tmp_path):
     # TinyStories' layout: the separator on a line of its own
     path = write(tmp_path / 's.txt', '\n<|endoftext|>\n'.join(stories) + '\n<|endoftext|>\n')
     meta = char.prepare(Corpus([path]), tmp_path / 'a', stories=True, val_fraction=0.2, seed=1, chunk_size=300)
-    _, train, val = load(tmp_path / 'a')
+    _, train, val = load_prepared(tmp_path / 'a')
     eot = meta['eot_token']
     assert train[-1] == eot and val[-1] == eot  # both end on a story boundary
     got = [char.decode(d[:-1], meta['itos']).strip('\n') for part in (train, val)
@@ -128,7 +114,7 @@ def test_vocab_over_65535_symbols_switches_to_uint32(tmp_path):
     path = write(tmp_path / 'big.txt', text)
     meta = char.prepare(Corpus([path]), tmp_path / 'o', stories=True, val_fraction=0.0, chunk_size=50_000)
     assert meta['dtype'] == 'uint32' and meta['vocab_size'] == len(cps) + 3 + 1
-    _, train, _ = load(tmp_path / 'o')
+    _, train, _ = load_prepared(tmp_path / 'o')
     assert train.dtype == np.uint32 and train.max() == meta['vocab_size'] - 1
     assert char.decode(train, meta['itos']) == text
     assert (tmp_path / 'o' / 'train.bin').stat().st_size == 4 * len(train)
@@ -150,7 +136,7 @@ def test_offline_without_input_is_a_one_line_error(tmp_path):
     offline = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf'),
                'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}
     for name in ('tinystories_char', 'shakespeare_char'):
-        r = run_script(name, '--out_dir', str(tmp_path / name), env=offline)
+        r = run_prepare(name, '--out_dir', str(tmp_path / name), env=offline)
         assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
         assert len(r.stderr.strip().splitlines()) == 1 and '--input' in r.stderr, r.stderr
         assert not (tmp_path / name / 'train.bin').exists()
@@ -160,19 +146,19 @@ def test_offline_without_input_is_a_one_line_error(tmp_path):
                        env=dict(env, HF_ENDPOINT='https://127.0.0.1:9', HF_HOME=str(tmp_path / 'hf')),
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and len(r.stderr.strip().splitlines()) == 1 and '--input' in r.stderr, r.stderr
-    r = run_script('tinystories_char', '--input', str(tmp_path / 'missing.txt'), '--out_dir', str(tmp_path))
+    r = run_prepare('tinystories_char', '--input', str(tmp_path / 'missing.txt'), '--out_dir', str(tmp_path))
     assert r.returncode != 0 and r.stderr.strip() == f"error: input file not found: {tmp_path / 'missing.txt'}"
     write(tmp_path / 'x.csv', 'a,b')
-    r = run_script('tinystories_char', '--input', str(tmp_path / 'x.csv'), '--out_dir', str(tmp_path))
+    r = run_prepare('tinystories_char', '--input', str(tmp_path / 'x.csv'), '--out_dir', str(tmp_path))
     assert r.returncode != 0 and 'unsupported input' in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
 @needs_shared
 def test_shakespeare_char_matches_nanogpt_split(tmp_path):
-    src = SHARED / 'tinyshakespeare.txt'
-    r = run_script('shakespeare_char', '--input', str(src), '--out_dir', str(tmp_path))
+    src = SHARED_DATA / 'tinyshakespeare.txt'
+    r = run_prepare('shakespeare_char', '--input', str(src), '--out_dir', str(tmp_path))
     assert r.returncode == 0, r.stderr
-    meta, train, val = load(tmp_path)
+    meta, train, val = load_prepared(tmp_path)
     assert (meta['tokenizer'], meta['vocab_size'], meta['dtype']) == ('char', 65, 'uint16')
     assert (len(train), len(val)) == (1003854, 111540)
     # nanoGPT's data/shakespeare_char/prepare.py, verbatim in spirit
@@ -187,15 +173,15 @@ def test_shakespeare_char_matches_nanogpt_split(tmp_path):
 
 @needs_shared
 def test_tinystories_char_script_runs_without_ray_for_one_worker(tmp_path):
-    r = run_script('tinystories_char', '--input', str(SHARED / 'tinystories_train_head2MiB.txt'),
+    r = run_prepare('tinystories_char', '--input', str(SHARED_DATA / 'tinystories_train_head2MiB.txt'),
                    '--out_dir', str(tmp_path), '--num_workers', '1', '--chunk_size', '256K')
     assert r.returncode == 0, r.stderr
     assert 'pass 1/2' in r.stderr and 'pass 2/2' in r.stderr and 'B/s' in r.stderr  # tqdm bars with a rate
-    meta, train, val = load(tmp_path)
+    meta, train, val = load_prepared(tmp_path)
     assert meta['separator'] == SEP and meta['documents'] == 2317  # 2316 separators + the cut last story
     assert int((train == meta['eot_token']).sum() + (val == meta['eot_token']).sum()) == 2317
     code = ("import sys; sys.path.insert(0, '.'); from data import char; from data.pipeline import Corpus; "
-            f"char.prepare(Corpus([{str(SHARED / 'tinyshakespeare.txt')!r}]), {str(tmp_path / 'x')!r}, stories=False, "
+            f"char.prepare(Corpus([{str(SHARED_DATA / 'tinyshakespeare.txt')!r}]), {str(tmp_path / 'x')!r}, stories=False, "
             "val_fraction=0.1); assert 'ray' not in sys.modules")
     r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
