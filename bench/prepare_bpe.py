@@ -4,22 +4,17 @@
   - data/bpe.py with 1 worker (in-process, no Ray) and with N Ray workers.
 The corpus is c4_sample_1000docs.jsonl.gz (real web documents) repeated to --size as plain .jsonl.
 Each variant runs in a fresh subprocess; peak memory is the largest sum of RSS over it and all its
-descendants, Ray's processes included (bench/procmem.py). Ray start-up (ray.init and a first task
+descendants, Ray's processes included (bench/harness.py). Ray start-up (ray.init and a first task
 round trip) is timed apart, as in bench/prepare_char.py. Needs TIKTOKEN_CACHE_DIR offline (set to ../shared/data/tiktoken_cache if unset).
 
     python bench/prepare_bpe.py --size 200M --workers 2 --repeat 3
 """
-import argparse
 import gzip
 import json
 import os
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.pipeline import parse_size  # noqa: E402
-from procmem import measure_variant  # noqa: E402  (bench/procmem.py)
+import harness  # bench/harness.py
 
 SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'data')
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
@@ -73,23 +68,8 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
     print('RESULT ' + json.dumps(dict(seconds=dt, ray_init=t_ray, tokens=n_tokens)), flush=True)
 
 
-def measure(args, mode, workers, corpus, out_dir):
-    """The fastest of --repeat runs (slower ones were disturbed by other work on the machine), with the
-    largest peak memory seen; each run in a fresh process (and a fresh Ray)."""
-    runs = [measure_variant(__file__, mode, workers, corpus, out_dir, args.chunk_size) for _ in range(args.repeat)]
-    best = min(runs, key=lambda r: r['seconds'])
-    return dict(best, peak=max(r['peak'] for r in runs), all_seconds=[round(r['seconds'], 2) for r in runs])
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--size', type=parse_size, default=parse_size('200M'), help='corpus size (default 200M)')
-    p.add_argument('--workers', type=int, default=os.cpu_count(), help='N for the parallel run (default: cpu count)')
-    p.add_argument('--chunk_size', type=parse_size, default=parse_size('4M'))
-    p.add_argument('--work_dir', default=os.path.join(tempfile.gettempdir(), 'bench_prepare_bpe'))
-    p.add_argument('--repeat', type=int, default=1, help='runs per variant; the fastest is reported (default 1)')
-    p.add_argument('--skip_reference', action='store_true')
-    p.add_argument('--_child'), p.add_argument('--_workers', type=int), p.add_argument('--_corpus'), p.add_argument('--_out')
+    p = harness.parser(__doc__, '200M', '4M', 'bench_prepare_bpe', 'skip the tiktoken reference')
     args = p.parse_args()
     if args._child:
         return run_variant(args._child, args._corpus, args._workers, args.chunk_size, args._out)
@@ -99,24 +79,22 @@ def main():
     make_corpus(corpus, args.size)
     mb = os.path.getsize(corpus) / 1e6
     print(f"corpus {corpus} ({mb:.0f} MB of JSON lines), {os.cpu_count()} CPUs, load average before: "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
-    variants = ([] if args.skip_reference else [('reference', 1)]) + [('pipeline', 1), ('pipeline', args.workers)]
+          f"{harness.load_average()}", flush=True)
     res = {}
-    for mode, w in variants:
+    for mode, w in harness.variants(args):
         out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
-        r = res[mode, w] = measure(args, mode, w, corpus, out_dir)
+        r = res[mode, w] = harness.measure(__file__, args, mode, w, corpus, out_dir)
         print(f"{mode:>9} workers={w}: {r['tokens'] / r['seconds'] / 1e6:6.2f} M tokens/s ({mb / r['seconds']:5.1f} MB/s, "
               f"{r['seconds']:.1f} s; ray.init {r['ray_init']:.1f} s, wall {r['wall']:.1f} s)  "
               f"peak RSS {r['peak'] / 2**20:6.0f} MiB, CPU {r['cpu']:.1f} s; runs {r['all_seconds']} s", flush=True)
     n = args.workers
     if ('pipeline', 1) in res and ('pipeline', n) in res and n > 1:
         a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, n)]
-        same = all(open(os.path.join(a, f), 'rb').read() == open(os.path.join(b, f), 'rb').read() for f in ('train.bin', 'val.bin'))
+        same = harness.same_bins(a, b)
         line = f"best of {args.repeat}: {n} vs 1 worker {res['pipeline', 1]['seconds'] / res['pipeline', n]['seconds']:.2f}x"
         if ('reference', 1) in res:
             line += f"; {n} workers vs reference {res['reference', 1]['seconds'] / res['pipeline', n]['seconds']:.2f}x"
-        print(f"{line}; identical output for 1 and {n} workers: {same}; load average after: "
-              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        print(f"{line}; identical output for 1 and {n} workers: {same}; load average after: {harness.load_average()}")
 
 
 if __name__ == '__main__':

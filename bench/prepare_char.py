@@ -3,7 +3,7 @@
   - data/char.py with 1 worker (in-process, no Ray) and with N Ray workers.
 The corpus is tinystories_train_head2MiB.txt repeated to --size. Each variant runs in a fresh subprocess;
 the peak memory is the largest sum of RSS over that subprocess and all its descendants, Ray's
-processes included (bench/procmem.py). MB/s is input bytes / seconds of the
+processes included (bench/harness.py). MB/s is input bytes / seconds of the
 preparation itself; Ray start-up (data.pipeline.start_ray: ray.init and a first task round trip, paid
 once per run, or not at all on a running cluster) is timed and shown separately, and "wall" is the
 whole subprocess (Python start, imports, Ray, both runs). Each pipeline variant runs twice in its
@@ -12,17 +12,12 @@ process: the first run is the one reported; "second run" is the same job again w
     python bench/prepare_char.py --size 256M --workers 2 --repeat 3
     python bench/prepare_char.py --size 1G --workers 2 --skip_reference --repeat 3
 """
-import argparse
 import json
 import os
 import shutil
-import sys
-import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.pipeline import parse_size  # noqa: E402
-from procmem import measure_variant  # noqa: E402  (bench/procmem.py)
+import harness  # bench/harness.py
 
 SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                       'shared', 'data', 'tinystories_train_head2MiB.txt')
@@ -77,24 +72,9 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
     print('RESULT ' + json.dumps(dict(seconds=dt, ray_init=t_ray, warm=warm if mode != 'reference' else dt)), flush=True)
 
 
-def measure(args, mode, workers, corpus, out_dir):
-    """The fastest of --repeat runs (slower ones were disturbed by other work on the machine), with the
-    largest peak memory seen; each run in a fresh process (and a fresh Ray)."""
-    runs = [measure_variant(__file__, mode, workers, corpus, out_dir, args.chunk_size) for _ in range(args.repeat)]
-    best = min(runs, key=lambda r: r['seconds'])
-    return dict(best, peak=max(r['peak'] for r in runs), warm=min(r['warm'] for r in runs),
-                all_seconds=[round(r['seconds'], 2) for r in runs])
-
-
 def main():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('--size', type=parse_size, default=parse_size('256M'), help='corpus size (default 256M)')
-    p.add_argument('--workers', type=int, default=os.cpu_count(), help='N for the parallel run (default: cpu count)')
-    p.add_argument('--chunk_size', type=parse_size, default=parse_size('8M'))
-    p.add_argument('--work_dir', default=os.path.join(tempfile.gettempdir(), 'bench_prepare_char'))
-    p.add_argument('--repeat', type=int, default=1, help='runs per variant; the fastest is reported (default 1)')
-    p.add_argument('--skip_reference', action='store_true', help='skip the nanoGPT-style reference (slow, ~3 GB RAM per 256 MB)')
-    p.add_argument('--_child'), p.add_argument('--_workers', type=int), p.add_argument('--_corpus'), p.add_argument('--_out')
+    p = harness.parser(__doc__, '256M', '8M', 'bench_prepare_char',
+                       'skip the nanoGPT-style reference (slow, ~3 GB RAM per 256 MB)')
     args = p.parse_args()
     if args._child:
         return run_variant(args._child, args._corpus, args._workers, args.chunk_size, args._out)
@@ -103,13 +83,12 @@ def main():
     corpus = os.path.join(args.work_dir, f'corpus_{args.size}.txt')
     make_corpus(corpus, args.size)
     mb = os.path.getsize(corpus) / 1e6
-    variants = ([] if args.skip_reference else [('reference', 1)]) + [('pipeline', 1), ('pipeline', args.workers)]
-    print(f"corpus {corpus} ({mb:.0f} MB), {os.cpu_count()} CPUs, load average before: "
-          f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}", flush=True)
+    print(f"corpus {corpus} ({mb:.0f} MB), {os.cpu_count()} CPUs, load average before: {harness.load_average()}",
+          flush=True)
     rows = []
-    for mode, w in variants:
+    for mode, w in harness.variants(args):
         out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
-        r = measure(args, mode, w, corpus, out_dir)
+        r = harness.measure(__file__, args, mode, w, corpus, out_dir)
         rows.append((mode, w, r))
         print(f"{mode:>9} workers={w}: {mb / r['seconds']:7.1f} MB/s ({r['seconds']:.2f} s; second run {mb / r['warm']:.0f} MB/s; "
               f"ray.init {r['ray_init']:.1f} s, "
@@ -118,11 +97,11 @@ def main():
     base = {w: r for mode, w, r in rows if mode == 'pipeline'}
     if 1 in base and args.workers in base and args.workers > 1:
         a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, args.workers)]
-        same = all(open(os.path.join(a, f), 'rb').read() == open(os.path.join(b, f), 'rb').read() for f in ('train.bin', 'val.bin'))
+        same = harness.same_bins(a, b)
         print(f"chunk {args.chunk_size >> 20} MiB, best of {args.repeat}: {args.workers} vs 1 worker "
               f"{base[1]['seconds'] / base[args.workers]['seconds']:.2f}x (second runs "
               f"{base[1]['warm'] / base[args.workers]['warm']:.2f}x); identical output: {same}; load average after: "
-              f"{' '.join(f'{x:.1f}' for x in os.getloadavg())}")
+              f"{harness.load_average()}")
 
 
 if __name__ == '__main__':
