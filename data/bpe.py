@@ -16,11 +16,15 @@ import os
 
 import numpy as np
 
-from data.pipeline import (Corpus, Output, UserError, Workers, add_common_args, check_args, check_inputs,
-                           chunk_documents, chunk_progress, dtype_for, load_hf_dataset, progress, split_runs,
-                           val_mask)
+from data.pipeline import (Corpus, Output, Speed, UserError, Workers, add_common_args, check_args, check_inputs,
+                           choose_workers, chunk_documents, chunk_progress, dtype_for, load_hf_dataset, progress,
+                           split_runs, val_mask)
 
 _ENCODINGS = {}  # per process: a Ray worker loads the encoding once, not once per task
+
+# Measured with bench/prepare_bpe.py (GPT-2, C4 web text; README "Choosing the workers"), for --num_workers auto
+SPEED = Speed(mb_per_s=10.0, ray_efficiency=0.85, gil_share=0.15)
+BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
 
 
 def get_encoding(name):
@@ -42,15 +46,24 @@ def get_encoding(name):
     return _ENCODINGS[name]
 
 
+def encode_ordinary(enc, text):
+    """enc.encode_ordinary(text) as a uint32 array. The tokens never become Python ints, and the encoder
+    runs without the GIL, so threads of one process scale too (README, "Choosing the workers")."""
+    try:
+        return enc.encode_to_numpy(text, disallowed_special=())
+    except UnicodeEncodeError:  # lone surrogates (possible in JSON): replaced, as encode_ordinary does
+        return enc.encode_to_numpy(text.encode('utf-16', 'surrogatepass').decode('utf-16', 'replace'),
+                                   disallowed_special=())
+
+
 def encode_chunk(chunk, encoding, dtype, split):
     """One task: (bytes read, token ids with <|endoftext|> after each document, tokens per document, split)."""
     enc = get_encoding(encoding)
     docs = chunk_documents(chunk)
-    eot = enc.eot_token
-    tokens = [enc.encode_ordinary(d) for d in docs]
+    eot = np.array([enc.eot_token], np.uint32)
+    tokens = [encode_ordinary(enc, d) for d in docs]
     lens = np.fromiter(map(len, tokens), np.int64, len(tokens)) + 1
-    flat = itertools.chain.from_iterable(itertools.chain(t, (eot,)) for t in tokens)
-    ids = np.fromiter(flat, np.uint32, int(lens.sum()))
+    ids = np.concatenate([a for t in tokens for a in (t, eot)]) if tokens else eot[:0]
     if len(ids) and int(ids.max()) > np.iinfo(dtype).max:
         raise UserError(f"token id {int(ids.max())} does not fit in {np.dtype(dtype).name}")
     return chunk_progress(chunk, sum(map(len, docs))), ids.astype(dtype), lens, split
@@ -58,14 +71,19 @@ def encode_chunk(chunk, encoding, dtype, split):
 
 def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, num_workers=1, chunk_size=1 << 20,
             ray_address=None, max_tokens=None, splits=None):
-    """Write out_dir/train.bin, val.bin and meta.json for a Corpus. splits, if given, names the split of
-    each chunk ('train' / 'val') instead of the seeded split by documents (tiny shakespeare's 90/10)."""
+    """Write out_dir/train.bin, val.bin and meta.json for a Corpus. num_workers: a number or 'auto'
+    (pipeline.choose_workers). splits, if given, names the split of each chunk ('train' / 'val') instead
+    of the seeded split by documents (tiny shakespeare's 90/10)."""
     enc = get_encoding(encoding)  # fail here, in one line, before any work starts
     dtype = dtype_for(enc.n_vocab)
     n_docs, written, total = 0, {'train': 0, 'val': 0}, 0
     chunks = corpus.chunks(chunk_size)
     args = ((c, encoding, dtype, s) for c, s in zip(chunks, splits or itertools.repeat(None)))
-    with Workers(num_workers, ray_address) as workers, Output(out_dir) as out:
+    n_bytes = corpus.text_bytes()
+    if max_tokens is not None:  # the work is what the budget needs
+        n_bytes = min(n_bytes or float('inf'), int(max_tokens * BYTES_PER_TOKEN))
+    plan = choose_workers(num_workers, n_bytes, SPEED, ray_address)
+    with Workers(plan) as workers, Output(out_dir) as out:
         files = {s: open(out.tmp[s], 'wb') for s in ('train', 'val')}
         try:
             with progress(max_tokens, 'tokenize', unit='tok') as bar:

@@ -27,9 +27,12 @@ Two modes:
 """
 import numpy as np
 
-from data.pipeline import (SEPARATOR, Output, UserError, Workers, chunk_documents, chunk_progress, dtype_for,
-                           is_text_file, progress, read_range, split_runs, val_mask, write_at)
+from data.pipeline import (SEPARATOR, Output, Speed, UserError, Workers, choose_workers, chunk_documents,
+                           chunk_progress, dtype_for, is_text_file, progress, read_range, split_runs, val_mask, write_at)
 
+# Measured with bench/prepare_char.py (TinyStories; README "Choosing the workers"), for --num_workers auto.
+# No threads: bytes.translate and the splits hold the GIL.
+SPEED = Speed(mb_per_s=200.0, ray_efficiency=0.8)
 SEP = SEPARATOR.encode()
 NO_INT = np.zeros(0, np.int64)
 
@@ -201,10 +204,12 @@ def _write(path, offset, arr):
 # ----------------------------------------------------------------------------- driver
 
 def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk_size=8 << 20, ray_address=None):
-    """Write out_dir/train.bin, val.bin and meta.json for a Corpus. Returns meta."""
+    """Write out_dir/train.bin, val.bin and meta.json for a Corpus. num_workers: a number or 'auto'
+    (pipeline.choose_workers). Returns meta."""
     sep = SEPARATOR if stories else None
-    group = corpus.chunks_per_task(chunk_size, num_workers)
-    with Workers(num_workers, ray_address) as workers, Output(out_dir) as out:
+    plan = choose_workers(num_workers, corpus.text_bytes(), SPEED, ray_address)
+    with Workers(plan) as workers, Output(out_dir) as out:
+        group = corpus.chunks_per_task(chunk_size, workers.num_workers)
         # pass 1: vocabulary and, per chunk, where its tokens go
         used = np.zeros(0x110000, bool)
         plan, n_docs, n_train_tok, n_val_tok, total = [], 0, 0, 0, 0

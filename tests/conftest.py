@@ -2,8 +2,13 @@
 
 import json
 import os
+import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -69,3 +74,71 @@ def shakespeare_workdir(tmp_path_factory):
     run_script('data/shakespeare_char/prepare.py', '--input', shared_file('tinyshakespeare.txt'),
                '--out_dir', workdir / 'data' / 'shakespeare_char', cwd=workdir)
     return workdir
+
+
+@pytest.fixture(scope='module')
+def ray_2cpus():
+    """One local Ray with 2 CPUs for a module's parallel tests (ray.init costs seconds); shut down afterwards."""
+    import ray
+    from data.pipeline import start_ray
+    start_ray(2)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope='session')
+def ray_cluster():
+    """A real two-node Ray cluster on this machine: `ray start --head` and a second `ray start --address=...`
+    on 127.0.0.1, one CPU each, with a token of its own (token authentication, as `ray start --head` sets it up
+    by default). Yields (address, env): a driver joins with --ray_address address and env in its environment.
+    Stopped afterwards whatever happens, by killing exactly its processes: `ray stop` would stop every Ray on
+    the machine."""
+    ray_bin = Path(sys.executable).parent / 'ray'
+    temp = tempfile.mkdtemp(prefix='ray', dir='/tmp')  # short: Ray's socket paths live under it
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
+    address = f'127.0.0.1:{port}'
+    env = {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': secrets.token_hex(32), 'RAY_USAGE_STATS_ENABLED': '0'}
+    common = ['--node-ip-address=127.0.0.1', '--num-cpus=1', '--disable-usage-stats']
+    try:
+        for args in (['--head', f'--port={port}', f'--temp-dir={temp}', '--include-dashboard=false'],
+                     [f'--address={address}']):
+            # a session of their own: the daemons outlive `ray start` and are stopped by process group below
+            r = subprocess.run([str(ray_bin), 'start', *args, *common], env={**os.environ, **env}, capture_output=True,
+                               text=True, timeout=120, start_new_session=True)
+            assert r.returncode == 0, f"ray start {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}"
+        yield address, env
+    finally:
+        _kill_processes_under(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _kill_processes_under(path):
+    """SIGKILL the processes whose command line names path, their process groups and their descendants."""
+    parent, group, matched = {}, {}, set()
+    for d in Path('/proc').iterdir():
+        try:
+            stat = (d / 'stat').read_text()
+            fields = stat[stat.rindex(')') + 2:].split()  # after "pid (comm)": state, ppid, pgrp, ...
+            pid = int(d.name)
+            parent[pid], group[pid] = int(fields[1]), int(fields[2])
+            if path.encode() in (d / 'cmdline').read_bytes():
+                matched.add(pid)
+        except (ValueError, OSError):
+            continue
+    doomed, grew = set(matched), True
+    while grew:  # add descendants (Ray's workers rename themselves and do not name the path)
+        new = {pid for pid, ppid in parent.items() if ppid in doomed} - doomed
+        doomed |= new
+        grew = bool(new)
+    for pgid in {group[pid] for pid in doomed} - {os.getpgrp()}:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except OSError:
+            pass
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass

@@ -1,7 +1,6 @@
 """GPT-2 BPE data preparation (data/bpe.py and the shakespeare / openwebtext / fineweb_edu scripts)."""
 import gzip
 import json
-import os
 
 import numpy as np
 import pytest
@@ -11,9 +10,8 @@ from conftest import SHARED_DATA, load_prepared, run_prepare
 CACHE = SHARED_DATA / 'tiktoken_cache'
 if not SHARED_DATA.is_dir():
     pytest.skip('../shared/data (tiktoken cache and corpora) not present', allow_module_level=True)
-os.environ['TIKTOKEN_CACHE_DIR'] = str(CACHE)  # the GPT-2 files, offline
-from data import bpe  # noqa: E402  (after TIKTOKEN_CACHE_DIR is set)
-from data.pipeline import Corpus, UserError  # noqa: E402
+from data import bpe  # noqa: E402
+from data.pipeline import Corpus, Plan, UserError  # noqa: E402
 
 EOT = 50256
 OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'https_proxy': 'http://127.0.0.1:9',
@@ -25,6 +23,14 @@ DOCS = [
     "   leading spaces and trailing newline\n",
     "Short.",
 ] * 7
+
+
+@pytest.fixture(scope='module', autouse=True)
+def tiktoken_cache():
+    """The GPT-2 files, offline, for this module's tests (and the Ray workers they start), restored afterwards."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv('TIKTOKEN_CACHE_DIR', str(CACHE))
+        yield
 
 
 def c4_docs(n=None):
@@ -49,15 +55,6 @@ def write_inputs(tmp_path, docs):
     import pyarrow.parquet as pq
     pq.write_table(pa.table({'text': docs}), tmp_path / 'd.parquet', row_group_size=3)
     return [tmp_path / n for n in ('d.jsonl', 'd.jsonl.gz', 'd.parquet')]
-
-
-@pytest.fixture(scope='module')
-def ray_2cpus():
-    import ray
-    from data.pipeline import start_ray
-    start_ray(2)
-    yield ray
-    ray.shutdown()
 
 
 def test_documents_round_trip_through_the_bins_for_every_input_format(tmp_path):
@@ -96,12 +93,12 @@ def test_txt_documents_are_separated_by_endoftext(tmp_path):
     assert [d.strip('\n') for d in documents(train, enc)] == docs
 
 
-def test_identical_bytes_for_one_and_two_workers(tmp_path, ray_2cpus):
+def test_identical_bytes_for_one_worker_two_ray_workers_and_threads(tmp_path, ray_2cpus):
     path = tmp_path / 'c4.jsonl'
     path.write_text(''.join(json.dumps({'text': d}) + '\n' for d in c4_docs(300)), encoding='utf-8')
     runs = []
-    for workers, chunk in [(1, 1 << 20), (2, 20_000), (2, 3_000)]:
-        out = tmp_path / f'o{workers}_{chunk}'
+    for i, (workers, chunk) in enumerate([(1, 1 << 20), (2, 20_000), (2, 3_000), (Plan('threads', 2, 'test'), 3_000)]):
+        out = tmp_path / f'o{i}'
         bpe.prepare(Corpus([str(path)]), out, val_fraction=0.05, seed=1, num_workers=workers, chunk_size=chunk)
         runs.append([(out / f).read_bytes() for f in ('train.bin', 'val.bin', 'meta.json')])
     assert runs[0] == runs[1] == runs[2] and len(runs[0][1]) > 0
@@ -118,6 +115,12 @@ def test_max_tokens_stops_at_a_document_boundary(tmp_path):
     expected = sum(len(enc.encode_ordinary(d)) + 1 for d in docs[:n])
     assert len(train) == expected <= 20_000 < expected + len(enc.encode_ordinary(docs[n])) + 1
     assert documents(train, enc) == docs[:n]
+
+
+def test_numpy_encoding_is_encode_ordinary_even_for_lone_surrogates():
+    enc = bpe.get_encoding('gpt2')
+    for text in DOCS + ["lone \ud800 surrogate", "<|endoftext|><|fim_prefix|>", ""]:
+        assert bpe.encode_ordinary(enc, text).tolist() == enc.encode_ordinary(text)
 
 
 def test_uint32_tokenizer_and_dtype_check(tmp_path):

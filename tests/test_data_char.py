@@ -32,16 +32,6 @@ def write(path, text):
     return str(path)
 
 
-@pytest.fixture(scope='module')
-def ray_2cpus():
-    """One local Ray for the module's parallel tests (ray.init costs seconds); shut down afterwards."""
-    import ray
-    from data.pipeline import start_ray
-    start_ray(2)
-    yield ray
-    ray.shutdown()
-
-
 def test_decode_of_encode_is_the_input_for_any_unicode(tmp_path):
     text = SEP.join(UNICODE_STORIES) + SEP
     path = write(tmp_path / 'u.txt', text)

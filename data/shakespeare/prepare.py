@@ -18,7 +18,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1, num_workers=1,
+    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1,
                     split_unit='characters (the tail)')  # one file, two documents
     p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
     args = p.parse_args(argv)

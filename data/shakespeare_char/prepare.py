@@ -32,8 +32,8 @@ def download(url, path):
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1, num_workers=1,
-                    split_unit='characters (the tail)')  # 1 MB: Ray start-up would dominate
+    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1,
+                    split_unit='characters (the tail)')
     args = p.parse_args(argv)
     check_args(args)
     if args.input:

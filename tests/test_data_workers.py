@@ -1,0 +1,80 @@
+"""How the prepare scripts choose their workers (--num_workers auto | N; data/pipeline.choose_workers)."""
+import pytest
+
+from conftest import SHARED_DATA, load_prepared, run_prepare
+from data import bpe, char
+from data.pipeline import RAY_FIXED_S, Speed, choose_workers
+
+SPEED = Speed(mb_per_s=200.0, ray_efficiency=0.8)
+
+
+def predicted_seconds(plan, n_bytes, speed):
+    """What choose_workers weighs: one worker's time, divided by the plan's speed-up, plus Ray's fixed cost."""
+    one = n_bytes / (speed.mb_per_s * 1e6)
+    if plan.kind == 'process':
+        return one
+    if plan.kind == 'threads':
+        return one * (speed.gil_share + (1 - speed.gil_share) / plan.workers)
+    return RAY_FIXED_S + one / (speed.ray_efficiency * plan.workers)
+
+
+def test_auto_picks_the_fastest_by_the_measured_figures():
+    threaded = Speed(mb_per_s=10.0, ray_efficiency=0.85, gil_share=0.15)
+    for speed in (SPEED, threaded, char.SPEED, bpe.SPEED):
+        for cpus in (2, 8, 64):
+            for n_bytes in (1e6, 1e8, 3e8, 1e9, 2.5e9, 1e10, 1e11):
+                plan = choose_workers('auto', n_bytes, speed, cpus=cpus)
+                alternatives = [choose_workers('auto', None, speed, cpus=cpus),  # the best without start-up costs
+                                choose_workers(1, n_bytes, speed, cpus=cpus),
+                                choose_workers(cpus, n_bytes, speed, cpus=cpus)]
+                best = min(predicted_seconds(p, n_bytes, speed) for p in alternatives)
+                assert predicted_seconds(plan, n_bytes, speed) <= best * (1 + 1e-9), (speed, cpus, n_bytes, plan)
+    # char on 2 CPUs: 1 GB stays in this process, 10 GB goes to Ray on every CPU; more CPUs, a lower threshold
+    assert choose_workers('auto', 1e9, SPEED, cpus=2)[:2] == ('process', 1)
+    assert choose_workers('auto', 1e10, SPEED, cpus=2)[:2] == ('ray', 2)
+    assert choose_workers('auto', 1e9, SPEED, cpus=64)[:2] == ('ray', 64)
+    assert choose_workers('auto', 1e9, SPEED, cpus=1)[:2] == ('process', 1)
+    # threads that scale as well as Ray are always preferred on one machine: no start-up to pay
+    assert choose_workers('auto', 1e11, Speed(10.0, 0.85, gil_share=0.0), cpus=4)[:2] == ('threads', 4)
+    # unknown size (a streamed dataset): the fastest rate
+    assert choose_workers('auto', None, SPEED, cpus=2)[:2] == ('ray', 2)
+
+
+def test_explicit_workers_and_ray_address_are_obeyed():
+    assert choose_workers(1, 1e12, SPEED, cpus=64)[:2] == ('process', 1)
+    assert choose_workers(3, 1e3, SPEED, cpus=2)[:2] == ('ray', 3)
+    assert choose_workers(1, 1e3, SPEED, ray_address='auto') == ('ray', 1, '--num_workers 1', 'auto')
+    plan = choose_workers('auto', 1e3, SPEED, ray_address='10.0.0.1:6379')
+    assert plan.kind == 'ray' and plan.workers is None and plan.address == '10.0.0.1:6379'  # all the cluster's CPUs
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
+def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path):
+    corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
+    r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'auto')
+    assert r.returncode == 0, r.stderr
+    chosen = [line for line in r.stdout.splitlines() if line.startswith('workers:')]
+    assert len(chosen) == 1 and chosen[0].startswith('workers: 1 in this process (2 MB; '), r.stdout
+    assert "start-up pays off above" in chosen[0] and 'ray:' not in r.stdout  # Ray not started
+    r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'two', '--num_workers', '2')
+    assert r.returncode == 0, r.stderr
+    assert 'workers: 2 Ray workers (--num_workers 2)' in r.stdout and 'tasks on 1 node' in r.stdout, r.stdout
+    assert [(tmp_path / 'auto' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \
+        [(tmp_path / 'two' / f).read_bytes() for f in ('train.bin', 'val.bin')]
+    for bad in ('0', 'many'):
+        r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'bad', '--num_workers', bad)
+        assert r.returncode == 2 and 'Traceback' not in r.stderr and "--num_workers" in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines()[-1].startswith('prepare.py: error: argument --num_workers'), r.stderr
+
+
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
+def test_bpe_default_matches_one_worker(tmp_path):
+    env = {'TIKTOKEN_CACHE_DIR': str(SHARED_DATA / 'tiktoken_cache')}
+    corpus = SHARED_DATA / 'c4_sample_1000docs.jsonl.gz'
+    for name, extra in (('auto', ['--chunk_size', '100K']), ('one', ['--num_workers', '1'])):
+        r = run_prepare('openwebtext', '--input', corpus, '--out_dir', tmp_path / name, *extra, env=env)
+        assert r.returncode == 0, r.stderr
+        assert sum(line.startswith('workers:') for line in r.stdout.splitlines()) == 1, r.stdout
+    assert load_prepared(tmp_path / 'auto')[0] == load_prepared(tmp_path / 'one')[0]
+    assert [(tmp_path / 'auto' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \
+        [(tmp_path / 'one' / f).read_bytes() for f in ('train.bin', 'val.bin')]
