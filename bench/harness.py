@@ -70,6 +70,56 @@ def measure_variant(script, mode, workers, corpus, out_dir, chunk_size):
     return dict(res[0], wall=wall, peak=peak, cpu=cpu)
 
 
+def run_script(script, args, out_dir):
+    """Run a prepare script as a user does, in a fresh process, into an empty out_dir: wall seconds (Python
+    start, imports, Ray's start and stop included), peak RSS, CPU seconds and its "workers:" line."""
+    shutil.rmtree(out_dir, ignore_errors=True)
+    os.sync()
+    rc, out, wall, peak, cpu = run_with_peak_rss([sys.executable, script, *args, '--out_dir', out_dir])
+    if rc:
+        sys.exit(f"{script} {' '.join(args)} failed:\n{out}")
+    chose = next((line for line in out.splitlines() if line.startswith('workers:')), '')
+    return dict(wall=wall, peak=peak, cpu=cpu, chose=chose)
+
+
+def end_to_end(script, corpus, workers, repeat, work_dir, extra=()):
+    """The prepare script as a user runs it: the default (--num_workers auto) beside --num_workers 1 and
+    --num_workers N, interleaved so that other work on the machine disturbs all three alike; the fastest
+    of repeat runs of each. Prints one line per variant and how the default compares."""
+    variants = {'default': [], '1 worker': ['--num_workers', '1'], f'{workers} workers': ['--num_workers', str(workers)]}
+    runs = {name: [] for name in variants}
+    for _ in range(repeat):
+        for name, args in variants.items():
+            runs[name].append(run_script(script, ['--input', corpus, *extra, *args],
+                                         os.path.join(work_dir, 'e2e_' + name.split()[0])))
+    best = {name: min(r, key=lambda x: x['wall']) for name, r in runs.items()}
+    for name, r in best.items():
+        print(f"  {name:>10}: {r['wall']:6.2f} s end to end (runs {[round(x['wall'], 2) for x in runs[name]]}), "
+              f"peak RSS {r['peak'] / 2**20:5.0f} MiB  {r['chose']}", flush=True)
+    fastest = min(best['1 worker']['wall'], best[f'{workers} workers']['wall'])
+    same = same_bins(*(os.path.join(work_dir, 'e2e_' + n.split()[0]) for n in ('default', '1')))
+    print(f"  default / faster of 1 and {workers} workers: {best['default']['wall'] / fastest:.2f}; identical bins: {same}; "
+          f"load average: {load_average()}", flush=True)
+    return best
+
+
+def derived_figures(one, ray_n, threads_n, workers, mb):
+    """The figures --num_workers auto weighs (data/pipeline.Speed, RAY_FIXED_S), from the variants' results:
+    one worker's MB/s, Ray's efficiency (speed-up / N), the GIL share that explains the threads' speed-up
+    (Amdahl: speed-up = 1 / (g + (1 - g) / N)) and Ray's fixed cost (import, start, shutdown)."""
+    line = f"figures for data/pipeline.py: one worker {mb / one['seconds']:.1f} MB/s"
+    if ray_n:
+        fixed = ray_n['ray_import'] + ray_n['ray_init'] + ray_n['ray_shutdown']
+        line += (f"; Ray {workers} workers {one['seconds'] / ray_n['seconds']:.2f}x, efficiency "
+                 f"{one['seconds'] / ray_n['seconds'] / workers:.2f}; Ray fixed cost {fixed:.2f} s (import "
+                 f"{ray_n['ray_import']:.2f} + start {ray_n['ray_init']:.2f} + shutdown {ray_n['ray_shutdown']:.2f})")
+    if threads_n:
+        speedup = one['seconds'] / threads_n['seconds']
+        gil = min(1.0, max(0.0, (1 / speedup - 1 / workers) / (1 - 1 / workers)))
+        line += f"; {workers} threads {speedup:.2f}x, GIL share {gil:.2f}"
+    print(line, flush=True)
+
+
 def parser(doc, size, chunk_size, work_dir_name, skip_reference_help):
     """The command line of a prepare benchmark; the hidden --_ options run one variant as the child."""
     p = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -79,13 +129,42 @@ def parser(doc, size, chunk_size, work_dir_name, skip_reference_help):
     p.add_argument('--work_dir', default=os.path.join(tempfile.gettempdir(), work_dir_name))
     p.add_argument('--repeat', type=int, default=1, help='runs per variant; the fastest is reported (default 1)')
     p.add_argument('--skip_reference', action='store_true', help=skip_reference_help)
+    p.add_argument('--threads', action='store_true', help='also run the pipeline on N threads of one process')
+    p.add_argument('--end_to_end', action='store_true',
+                   help='run the prepare script as a user does: the default (--num_workers auto) beside 1 and N workers')
     p.add_argument('--_child'), p.add_argument('--_workers', type=int), p.add_argument('--_corpus'), p.add_argument('--_out')
     return p
 
 
-def variants(args):
-    """(mode, workers) pairs, side by side in one run: the reference, then 1 and N pipeline workers."""
-    return ([] if args.skip_reference else [('reference', 1)]) + [('pipeline', 1), ('pipeline', args.workers)]
+def variants(args, references=('reference',)):
+    """(mode, workers) pairs, side by side in one run: the references, then 1 and N pipeline workers (Ray),
+    and N threads with --threads."""
+    return ([] if args.skip_reference else [(r, 1) for r in references]) + [('pipeline', 1), ('pipeline', args.workers)] \
+        + ([('threads', args.workers)] if args.threads else [])
+
+
+def start_ray_timed(workers):
+    """In the child: start a local Ray as the pipelines do; seconds to import Ray and to start it."""
+    t0 = time.perf_counter()
+    import ray  # noqa: F401
+    t1 = time.perf_counter()
+    from data.pipeline import start_ray
+    start_ray(workers)
+    return dict(ray_import=t1 - t0, ray_init=time.perf_counter() - t1)
+
+
+def stop_ray_timed():
+    import ray
+    t0 = time.perf_counter()
+    ray.shutdown()
+    return dict(ray_shutdown=time.perf_counter() - t0)
+
+
+def plan(mode, workers):
+    """The data.pipeline.Plan of a benchmark variant."""
+    from data.pipeline import Plan
+    kind = 'threads' if mode == 'threads' else 'process' if workers == 1 else 'ray'
+    return Plan(kind, workers, f'benchmark: {mode}')
 
 
 def measure(script, args, mode, workers, corpus, out_dir):
@@ -93,7 +172,7 @@ def measure(script, args, mode, workers, corpus, out_dir):
     largest peak memory seen; each run in a fresh process (and a fresh Ray)."""
     runs = [measure_variant(script, mode, workers, corpus, out_dir, args.chunk_size) for _ in range(args.repeat)]
     best = min(runs, key=lambda r: r['seconds'])
-    fastest_of = {k: min(r[k] for r in runs) for k in ('warm',) if k in best}
+    fastest_of = {k: min(r[k] for r in runs) for k in ('warm', 'ray_import', 'ray_init', 'ray_shutdown') if k in best}
     return dict(best, **fastest_of, peak=max(r['peak'] for r in runs), all_seconds=[round(r['seconds'], 2) for r in runs])
 
 

@@ -1,13 +1,15 @@
 """Benchmark GPT-2 BPE preparation: tokens/s and peak memory, side by side in one run, for
-  - the reference: one process, tiktoken's encode_ordinary_batch (its default thread pool) over batches
-    of documents read from the .jsonl, EOT appended, written to a uint16 file;
-  - data/bpe.py with 1 worker (in-process, no Ray) and with N Ray workers.
+  - the references: tiktoken alone in one process, encode_ordinary on one thread (tiktoken_1thread) and
+    encode_ordinary_batch on its default thread pool (tiktoken_batch), over batches of documents read
+    from the .jsonl, EOT appended, written to a uint16 file;
+  - data/bpe.py with 1 worker (in-process, no Ray), with N Ray workers and (--threads) N threads.
 The corpus is c4_sample_1000docs.jsonl.gz (real web documents) repeated to --size as plain .jsonl.
 Each variant runs in a fresh subprocess; peak memory is the largest sum of RSS over it and all its
 descendants, Ray's processes included (bench/harness.py). Ray start-up (ray.init and a first task
 round trip) is timed apart, as in bench/prepare_char.py. Needs TIKTOKEN_CACHE_DIR offline (set to ../shared/data/tiktoken_cache if unset).
 
-    python bench/prepare_bpe.py --size 200M --workers 2 --repeat 3
+    python bench/prepare_bpe.py --size 200M --workers 2 --threads --repeat 3
+    python bench/prepare_bpe.py --size 100M --workers 2 --end_to_end --repeat 3   # the script, as a user runs it
 """
 import gzip
 import json
@@ -16,7 +18,8 @@ import time
 
 import harness  # bench/harness.py
 
-SHARED = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), 'shared', 'data')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
 
 
@@ -33,10 +36,11 @@ def make_corpus(path, size):
 
 def run_variant(mode, corpus, workers, chunk_size, out_dir):
     import numpy as np
-    t_ray = 0.0
-    if mode == 'reference':
+    res = dict(ray_init=0.0)
+    if mode.startswith('tiktoken'):  # the references: tiktoken alone, on one thread or its own thread pool
         import tiktoken
         enc = tiktoken.get_encoding('gpt2')
+        encode = enc.encode_ordinary_batch if mode == 'tiktoken_batch' else lambda docs: map(enc.encode_ordinary, docs)
         t0 = time.perf_counter()
         n_tokens = 0
         with open(corpus, 'rb') as f, open(os.path.join(out_dir, 'reference.bin'), 'wb') as out:
@@ -44,7 +48,7 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
                 lines = f.readlines(chunk_size)
                 if not lines:
                     break
-                for ids in enc.encode_ordinary_batch([json.loads(line)['text'] for line in lines]):
+                for ids in encode([json.loads(line)['text'] for line in lines]):
                     ids.append(enc.eot_token)
                     out.write(np.array(ids, np.uint16).tobytes())
                     n_tokens += len(ids)
@@ -52,20 +56,16 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
     else:
         from data import bpe
         from data.pipeline import Corpus
-        if workers > 1:
-            import ray
-            from data.pipeline import start_ray
-            t0 = time.perf_counter()
-            start_ray(workers)
-            t_ray = time.perf_counter() - t0
+        if mode == 'pipeline' and workers > 1:
+            res.update(harness.start_ray_timed(workers))
         t0 = time.perf_counter()
-        meta = bpe.prepare(Corpus([corpus]), out_dir, val_fraction=0.0005, seed=2357, num_workers=workers,
-                           chunk_size=chunk_size)
+        meta = bpe.prepare(Corpus([corpus]), out_dir, val_fraction=0.0005, seed=2357,
+                           num_workers=harness.plan(mode, workers), chunk_size=chunk_size)
         dt = time.perf_counter() - t0
         n_tokens = meta['train_tokens'] + meta['val_tokens']
-        if workers > 1:
-            ray.shutdown()
-    print('RESULT ' + json.dumps(dict(seconds=dt, ray_init=t_ray, tokens=n_tokens)), flush=True)
+        if mode == 'pipeline' and workers > 1:
+            res.update(harness.stop_ray_timed())
+    print('RESULT ' + json.dumps(dict(res, seconds=dt, tokens=n_tokens)), flush=True)
 
 
 def main():
@@ -80,20 +80,30 @@ def main():
     mb = os.path.getsize(corpus) / 1e6
     print(f"corpus {corpus} ({mb:.0f} MB of JSON lines), {os.cpu_count()} CPUs, load average before: "
           f"{harness.load_average()}", flush=True)
+    if args.end_to_end:
+        harness.end_to_end(os.path.join(REPO, 'data', 'openwebtext', 'prepare.py'), corpus, args.workers, args.repeat,
+                           args.work_dir)
+        if not args.skip_reference:  # tiktoken alone, one thread, in a fresh process too
+            runs = [harness.measure_variant(__file__, 'tiktoken_1thread', 1, corpus, os.path.join(args.work_dir, 'ref'),
+                                            args.chunk_size)['wall'] for _ in range(args.repeat)]
+            print(f"  tiktoken, 1 thread: {min(runs):6.2f} s end to end (runs {[round(x, 2) for x in runs]})")
+        return
     res = {}
-    for mode, w in harness.variants(args):
+    for mode, w in harness.variants(args, ('tiktoken_1thread', 'tiktoken_batch')):
         out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
         r = res[mode, w] = harness.measure(__file__, args, mode, w, corpus, out_dir)
         print(f"{mode:>9} workers={w}: {r['tokens'] / r['seconds'] / 1e6:6.2f} M tokens/s ({mb / r['seconds']:5.1f} MB/s, "
               f"{r['seconds']:.1f} s; ray.init {r['ray_init']:.1f} s, wall {r['wall']:.1f} s)  "
               f"peak RSS {r['peak'] / 2**20:6.0f} MiB, CPU {r['cpu']:.1f} s; runs {r['all_seconds']} s", flush=True)
     n = args.workers
+    harness.derived_figures(res['pipeline', 1], res.get(('pipeline', n)) if n > 1 else None, res.get(('threads', n)), n, mb)
     if ('pipeline', 1) in res and ('pipeline', n) in res and n > 1:
         a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, n)]
         same = harness.same_bins(a, b)
         line = f"best of {args.repeat}: {n} vs 1 worker {res['pipeline', 1]['seconds'] / res['pipeline', n]['seconds']:.2f}x"
-        if ('reference', 1) in res:
-            line += f"; {n} workers vs reference {res['reference', 1]['seconds'] / res['pipeline', n]['seconds']:.2f}x"
+        for ref in ('tiktoken_1thread', 'tiktoken_batch'):
+            if (ref, 1) in res:
+                line += f"; {n} workers vs {ref} {res[ref, 1]['seconds'] / res['pipeline', n]['seconds']:.2f}x"
         print(f"{line}; identical output for 1 and {n} workers: {same}; load average after: {harness.load_average()}")
 
 

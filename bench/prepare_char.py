@@ -8,9 +8,13 @@ preparation itself; Ray start-up (data.pipeline.start_ray: ray.init and a first 
 once per run, or not at all on a running cluster) is timed and shown separately, and "wall" is the
 whole subprocess (Python start, imports, Ray, both runs). Each pipeline variant runs twice in its
 process: the first run is the one reported; "second run" is the same job again with warm workers.
+The last line gives the figures that data/pipeline.py's --num_workers auto is based on (one worker's
+MB/s, Ray's efficiency, Ray's fixed cost: import + start + shutdown). --end_to_end instead times
+data/tinystories_char/prepare.py as a user runs it, default beside --num_workers 1 and N.
 
     python bench/prepare_char.py --size 256M --workers 2 --repeat 3
     python bench/prepare_char.py --size 1G --workers 2 --skip_reference --repeat 3
+    python bench/prepare_char.py --size 1G --workers 2 --end_to_end --repeat 3   # the script, as a user runs it
 """
 import json
 import os
@@ -19,8 +23,8 @@ import time
 
 import harness  # bench/harness.py
 
-SAMPLE = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
-                      'shared', 'data', 'tinystories_train_head2MiB.txt')
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAMPLE = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'tinystories_train_head2MiB.txt')
 
 
 def make_corpus(path, size):
@@ -39,7 +43,6 @@ def make_corpus(path, size):
 def run_variant(mode, corpus, workers, chunk_size, out_dir):
     """In the child: one variant; prints a JSON line with its timings."""
     import numpy as np
-    t_ray = 0.0
     if mode == 'reference':
         t0 = time.perf_counter()
         with open(corpus, 'r', encoding='utf-8') as f:
@@ -48,28 +51,24 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
         stoi = {ch: i for i, ch in enumerate(chars)}
         ids = np.array([stoi[c] for c in text], dtype=np.uint16)
         ids.tofile(os.path.join(out_dir, 'reference.bin'))
-        dt = time.perf_counter() - t0
+        res = dict(seconds=time.perf_counter() - t0, ray_init=0.0)
+        res['warm'] = res['seconds']
     else:
         from data import char
         from data.pipeline import Corpus
-        if workers > 1:  # start Ray first and time it apart: a cluster user pays it once, or never
-            import ray
-            from data.pipeline import start_ray
-            t0 = time.perf_counter()
-            start_ray(workers)
-            t_ray = time.perf_counter() - t0
+        ray_s = harness.start_ray_timed(workers) if mode == 'pipeline' and workers > 1 else {}
         times = []
         for out in (out_dir, out_dir + '_warm'):  # the second run finds Ray's workers warm (modules imported)
             os.sync()
             t0 = time.perf_counter()
-            char.prepare(Corpus([corpus]), out, stories=True, val_fraction=0.01, seed=2357, num_workers=workers,
-                         chunk_size=chunk_size)
+            char.prepare(Corpus([corpus]), out, stories=True, val_fraction=0.01, seed=2357,
+                         num_workers=harness.plan(mode, workers), chunk_size=chunk_size)
             times.append(time.perf_counter() - t0)
         shutil.rmtree(out_dir + '_warm')
-        dt, warm = times
-        if workers > 1:
-            ray.shutdown()
-    print('RESULT ' + json.dumps(dict(seconds=dt, ray_init=t_ray, warm=warm if mode != 'reference' else dt)), flush=True)
+        if ray_s:
+            ray_s.update(harness.stop_ray_timed())
+        res = dict({'ray_init': 0.0, **ray_s}, seconds=times[0], warm=times[1])
+    print('RESULT ' + json.dumps(res), flush=True)
 
 
 def main():
@@ -85,6 +84,10 @@ def main():
     mb = os.path.getsize(corpus) / 1e6
     print(f"corpus {corpus} ({mb:.0f} MB), {os.cpu_count()} CPUs, load average before: {harness.load_average()}",
           flush=True)
+    if args.end_to_end:
+        harness.end_to_end(os.path.join(REPO, 'data', 'tinystories_char', 'prepare.py'), corpus, args.workers,
+                           args.repeat, args.work_dir)
+        return
     rows = []
     for mode, w in harness.variants(args):
         out_dir = os.path.join(args.work_dir, f'out_{mode}_{w}')
@@ -95,6 +98,8 @@ def main():
               f"wall {r['wall']:.1f} s)  peak RSS {r['peak'] / 2**20:7.0f} MiB, CPU {r['cpu']:.1f} s; runs {r['all_seconds']} s",
               flush=True)
     base = {w: r for mode, w, r in rows if mode == 'pipeline'}
+    harness.derived_figures(base[1], base.get(args.workers) if args.workers > 1 else None,
+                            next((r for mode, w, r in rows if mode == 'threads'), None), args.workers, mb)
     if 1 in base and args.workers in base and args.workers > 1:
         a, b = [os.path.join(args.work_dir, f'out_pipeline_{w}') for w in (1, args.workers)]
         same = harness.same_bins(a, b)

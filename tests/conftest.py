@@ -95,9 +95,7 @@ def ray_cluster():
     the machine."""
     ray_bin = Path(sys.executable).parent / 'ray'
     temp = tempfile.mkdtemp(prefix='ray', dir='/tmp')  # short: Ray's socket paths live under it
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+    port = free_port()
     address = f'127.0.0.1:{port}'
     env = {'RAY_AUTH_MODE': 'token', 'RAY_AUTH_TOKEN': secrets.token_hex(32), 'RAY_USAGE_STATS_ENABLED': '0'}
     common = ['--node-ip-address=127.0.0.1', '--num-cpus=1', '--disable-usage-stats']
@@ -114,8 +112,15 @@ def ray_cluster():
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
 def _kill_processes_under(path):
-    """SIGKILL the processes whose command line names path, their process groups and their descendants."""
+    """SIGKILL the processes whose command line names path, their process groups and their descendants.
+    Returns the pids it found."""
     parent, group, matched = {}, {}, set()
     for d in Path('/proc').iterdir():
         try:
@@ -142,3 +147,4 @@ def _kill_processes_under(path):
             os.kill(pid, signal.SIGKILL)
         except OSError:
             pass
+    return doomed
