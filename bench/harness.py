@@ -20,6 +20,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from data.pipeline import parse_size  # noqa: E402
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def import_psutil():
     try:
@@ -82,24 +84,31 @@ def run_script(script, args, out_dir):
     return dict(wall=wall, peak=peak, cpu=cpu, chose=chose)
 
 
-def end_to_end(script, corpus, workers, repeat, work_dir, extra=()):
-    """The prepare script as a user runs it: the default (--num_workers auto) beside --num_workers 1 and
-    --num_workers N, interleaved so that other work on the machine disturbs all three alike; the fastest
-    of repeat runs of each. Prints one line per variant and how the default compares."""
-    variants = {'default': [], '1 worker': ['--num_workers', '1'], f'{workers} workers': ['--num_workers', str(workers)]}
+def end_to_end(script, corpus, workers, repeat, work_dir, baseline=None):
+    """The prepare script (a path relative to the repository) as a user runs it: the default (--num_workers
+    auto) beside --num_workers 1 and N, and the default of another checkout (baseline, e.g. the commit
+    before a change), interleaved so that other work on the machine disturbs them alike; the fastest of
+    repeat runs of each. Prints one line per variant and how the default compares."""
+    here = os.path.join(REPO, script)
+    variants = {'default': (here, []), '1 worker': (here, ['--num_workers', '1']),
+                f'{workers} workers': (here, ['--num_workers', str(workers)])}
+    if baseline:
+        variants['baseline default'] = (os.path.join(os.path.abspath(baseline), script), [])
     runs = {name: [] for name in variants}
     for _ in range(repeat):
-        for name, args in variants.items():
-            runs[name].append(run_script(script, ['--input', corpus, *extra, *args],
-                                         os.path.join(work_dir, 'e2e_' + name.split()[0])))
+        for name, (path, args) in variants.items():
+            out_dir = os.path.join(work_dir, 'e2e_' + name.split()[0])
+            runs[name].append(run_script(path, ['--input', corpus, *args], out_dir))
     best = {name: min(r, key=lambda x: x['wall']) for name, r in runs.items()}
     for name, r in best.items():
         print(f"  {name:>10}: {r['wall']:6.2f} s end to end (runs {[round(x['wall'], 2) for x in runs[name]]}), "
               f"peak RSS {r['peak'] / 2**20:5.0f} MiB  {r['chose']}", flush=True)
     fastest = min(best['1 worker']['wall'], best[f'{workers} workers']['wall'])
     same = same_bins(*(os.path.join(work_dir, 'e2e_' + n.split()[0]) for n in ('default', '1')))
-    print(f"  default / faster of 1 and {workers} workers: {best['default']['wall'] / fastest:.2f}; identical bins: {same}; "
-          f"load average: {load_average()}", flush=True)
+    vs = f"; baseline default / default {best['baseline default']['wall'] / best['default']['wall']:.2f}" \
+        if baseline else ''
+    print(f"  default / faster of 1 and {workers} workers: {best['default']['wall'] / fastest:.2f}{vs}; "
+          f"identical bins: {same}; load average: {load_average()}", flush=True)
     return best
 
 
@@ -131,7 +140,9 @@ def parser(doc, size, chunk_size, work_dir_name, skip_reference_help):
     p.add_argument('--skip_reference', action='store_true', help=skip_reference_help)
     p.add_argument('--threads', action='store_true', help='also run the pipeline on N threads of one process')
     p.add_argument('--end_to_end', action='store_true',
-                   help='run the prepare script as a user does: the default (--num_workers auto) beside 1 and N workers')
+                   help='run the prepare script as a user does: the default (--num_workers auto) beside 1 and N '
+                        'workers')
+    p.add_argument('--baseline', metavar='DIR', help='with --end_to_end: also time the default of the checkout in DIR')
     p.add_argument('--_child'), p.add_argument('--_workers', type=int), p.add_argument('--_corpus'), p.add_argument('--_out')
     return p
 
@@ -139,8 +150,8 @@ def parser(doc, size, chunk_size, work_dir_name, skip_reference_help):
 def variants(args, references=('reference',)):
     """(mode, workers) pairs, side by side in one run: the references, then 1 and N pipeline workers (Ray),
     and N threads with --threads."""
-    return ([] if args.skip_reference else [(r, 1) for r in references]) + [('pipeline', 1), ('pipeline', args.workers)] \
-        + ([('threads', args.workers)] if args.threads else [])
+    return ([] if args.skip_reference else [(r, 1) for r in references]) \
+        + [('pipeline', 1), ('pipeline', args.workers)] + ([('threads', args.workers)] if args.threads else [])
 
 
 def start_ray_timed(workers):

@@ -18,7 +18,7 @@ import time
 
 import harness  # bench/harness.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = harness.REPO
 SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
 
@@ -81,8 +81,8 @@ def main():
     print(f"corpus {corpus} ({mb:.0f} MB of JSON lines), {os.cpu_count()} CPUs, load average before: "
           f"{harness.load_average()}", flush=True)
     if args.end_to_end:
-        harness.end_to_end(os.path.join(REPO, 'data', 'openwebtext', 'prepare.py'), corpus, args.workers, args.repeat,
-                           args.work_dir)
+        harness.end_to_end('data/openwebtext/prepare.py', corpus, args.workers, args.repeat, args.work_dir,
+                           args.baseline)
         if not args.skip_reference:  # tiktoken alone, one thread, in a fresh process too
             runs = [harness.measure_variant(__file__, 'tiktoken_1thread', 1, corpus, os.path.join(args.work_dir, 'ref'),
                                             args.chunk_size)['wall'] for _ in range(args.repeat)]

@@ -23,7 +23,7 @@ import time
 
 import harness  # bench/harness.py
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = harness.REPO
 SAMPLE = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'tinystories_train_head2MiB.txt')
 
 
@@ -85,8 +85,8 @@ def main():
     print(f"corpus {corpus} ({mb:.0f} MB), {os.cpu_count()} CPUs, load average before: {harness.load_average()}",
           flush=True)
     if args.end_to_end:
-        harness.end_to_end(os.path.join(REPO, 'data', 'tinystories_char', 'prepare.py'), corpus, args.workers,
-                           args.repeat, args.work_dir)
+        harness.end_to_end('data/tinystories_char/prepare.py', corpus, args.workers, args.repeat, args.work_dir,
+                           args.baseline)
         return
     rows = []
     for mode, w in harness.variants(args):

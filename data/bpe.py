@@ -10,15 +10,14 @@ in order, to train.bin / val.bin: ~2 bytes per 4 bytes of text, which costs litt
 tokenization. Whole documents go to val.bin with probability val_fraction, by a hash of (seed,
 document index), so the bytes do not depend on the worker count or chunk size.
 """
-import argparse
 import itertools
 import os
 
 import numpy as np
 
-from data.pipeline import (Corpus, Output, Speed, UserError, Workers, add_common_args, check_args, check_inputs,
-                           choose_workers, chunk_documents, chunk_progress, dtype_for, load_hf_dataset, progress,
-                           split_runs, val_mask)
+from data.pipeline import (ArgumentParser, Corpus, Output, Speed, UserError, Workers, add_common_args, check_args,
+                           check_inputs, choose_workers, chunk_documents, chunk_progress, dtype_for, load_hf_dataset,
+                           progress, split_runs, val_mask)
 
 _ENCODINGS = {}  # per process: a Ray worker loads the encoding once, not once per task
 
@@ -136,7 +135,7 @@ def prepare_hf_corpus(description, out_dir, dataset, config=None, argv=None):
     """The whole command line of a prepare script for a Hugging Face web corpus (openwebtext,
     fineweb_edu): the dataset, or --input files, to train.bin / val.bin with 0.05% of the
     documents (seed 2357) in val, as nanoGPT splits OpenWebText."""
-    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=description)
     add_common_args(p, chunk_size='4M', out_dir=out_dir, val_fraction=0.0005, seed=2357)
     add_args(p)
     p.add_argument('--dataset', default=dataset, help='Hugging Face dataset (default: %(default)s)')

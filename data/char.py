@@ -28,7 +28,8 @@ Two modes:
 import numpy as np
 
 from data.pipeline import (SEPARATOR, Output, Speed, UserError, Workers, choose_workers, chunk_documents,
-                           chunk_progress, dtype_for, is_text_file, progress, read_range, split_runs, val_mask, write_at)
+                           chunk_progress, dtype_for, is_text_file, progress, read_range, split_runs, val_mask,
+                           write_at)
 
 # Measured with bench/prepare_char.py (TinyStories; README "Choosing the workers"), for --num_workers auto.
 # No threads: bytes.translate and the splits hold the GIL.

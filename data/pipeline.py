@@ -23,7 +23,7 @@ from typing import NamedTuple, Optional
 
 import numpy as np
 
-from configurator import UserError, run  # the repository's one kind of user error
+from configurator import ConfigError, UserError, run  # the repository's one kind of user error
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEXT_EXTS = ('.txt',)
@@ -38,6 +38,18 @@ def cli(main):
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, but a bad option is one line on stderr and exit status 2 (ConfigError), as every
+    other mistake a user can fix, rather than the usage text and the error. The description is printed
+    as written (a script's docstring)."""
+
+    def __init__(self, **kw):
+        super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kw)
+
+    def error(self, message):
+        raise ConfigError(f"{message} (see --help)")
 
 
 def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, split_unit='documents (seeded)'):

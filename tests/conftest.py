@@ -89,8 +89,9 @@ def ray_2cpus():
 @pytest.fixture(scope='session')
 def ray_cluster():
     """A real two-node Ray cluster on this machine: `ray start --head` and a second `ray start --address=...`
-    on 127.0.0.1, one CPU each, with a token of its own (token authentication, as `ray start --head` sets it up
-    by default). Yields (address, env): a driver joins with --ray_address address and env in its environment.
+    on 127.0.0.1, one CPU each, with token authentication and a token of its own (RAY_AUTH_TOKEN; `ray start
+    --head` also turns it on by itself when ~/.ray/auth_token exists). Yields (address, env): a driver joins
+    with --ray_address address and env in its environment.
     Stopped afterwards whatever happens, by killing exactly its processes: `ray stop` would stop every Ray on
     the machine."""
     ray_bin = Path(sys.executable).parent / 'ray'

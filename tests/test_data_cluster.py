@@ -44,8 +44,9 @@ def test_prepare_on_two_nodes_matches_in_process_bytes(tmp_path, ray_cluster):
 
 def test_joining_without_token_auth_is_a_one_line_error(tmp_path, ray_cluster):
     address, _ = ray_cluster
-    r = run_prepare('tinystories_char', '--input', SHARED_DATA / 'tinystories_train_head2MiB.txt', '--out_dir', tmp_path,
-                    '--ray_address', address, env={'RAY_AUTH_MODE': 'disabled'})  # the default: forgotten
+    corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
+    r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path, '--ray_address', address,
+                    env={'RAY_AUTH_MODE': 'disabled'})  # the default: forgotten
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and 'RAY_AUTH' in r.stderr, r.stderr
     assert not (tmp_path / 'train.bin').exists()
@@ -67,8 +68,8 @@ def test_prepare_ray_sbatch_starts_a_cluster_and_runs_the_script(tmp_path):
            'SLURM_JOB_NODELIST': 'n[1-2]', 'SLURM_CPUS_PER_TASK': '1', 'RAY_TMP': ray_tmp, 'RAY_PORT': str(free_port())}
     corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
     try:
-        r = subprocess.run(['bash', 'slurm/prepare_ray.sbatch', 'data/tinystories_char/prepare.py', '--input', str(corpus),
-                            '--out_dir', str(tmp_path / 'out'), '--chunk_size', '64K'],
+        r = subprocess.run(['bash', 'slurm/prepare_ray.sbatch', 'data/tinystories_char/prepare.py',
+                            '--input', str(corpus), '--out_dir', str(tmp_path / 'out'), '--chunk_size', '64K'],
                            cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     finally:
         left = _kill_processes_under(ray_tmp)

@@ -4,20 +4,20 @@ are train.bin and the last 10% val.bin, each encoded as one document followed by
     python data/shakespeare/prepare.py                   # downloads input.txt once
     python data/shakespeare/prepare.py --input my.txt    # any local text file, no network
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import bpe  # noqa: E402
-from data.pipeline import Corpus, UserError, add_common_args, check_args, check_inputs, cli  # noqa: E402
+from data.pipeline import (ArgumentParser, Corpus, UserError, add_common_args, check_args,  # noqa: E402
+                           check_inputs, cli)
 from data.shakespeare_char.prepare import URL, download  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1,
                     split_unit='characters (the tail)')  # one file, two documents
     p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')

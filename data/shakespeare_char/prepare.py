@@ -4,14 +4,14 @@
     python data/shakespeare_char/prepare.py                  # downloads input.txt once
     python data/shakespeare_char/prepare.py --input my.txt   # any local text file, no network
 """
-import argparse
 import os
 import sys
 import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import char  # noqa: E402
-from data.pipeline import Corpus, UserError, add_common_args, check_args, check_inputs, cli  # noqa: E402
+from data.pipeline import (ArgumentParser, Corpus, UserError, add_common_args, check_args,  # noqa: E402
+                           check_inputs, cli)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 URL = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
@@ -31,7 +31,7 @@ def download(url, path):
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1,
                     split_unit='characters (the tail)')
     args = p.parse_args(argv)

@@ -8,19 +8,19 @@ whole stories go to val.bin with probability --val_fraction (seeded), so none st
     python data/tinystories_char/prepare.py --input a.jsonl.gz b.parquet      # a "text" field per story
     python data/tinystories_char/prepare.py --ray_address auto ...           # on a Ray cluster (shared filesystem)
 """
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import char  # noqa: E402
-from data.pipeline import Corpus, add_common_args, check_args, check_inputs, cli, load_hf_dataset  # noqa: E402
+from data.pipeline import (ArgumentParser, Corpus, add_common_args, check_args, check_inputs,  # noqa: E402
+                           cli, load_hf_dataset)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = ArgumentParser(description=__doc__)
     add_common_args(p, chunk_size='8M', out_dir=HERE, val_fraction=0.01)
     p.add_argument('--dataset', default='roneneldan/TinyStories', help='Hugging Face dataset (default: %(default)s)')
     args = p.parse_args(argv)
