@@ -4,6 +4,7 @@ backward, AdamW) for a model shape, on random tokens or on a prepared dataset.
 
 $ python bench.py                                    # GPT-2 124M, 12 x 1024 tokens, best device
 $ python bench.py --device=cpu --compile=False --n_layer=4 --n_head=4 --n_embd=128 --block_size=64
+$ python bench.py --pos_enc=rope --norm=rmsnorm --mlp=relu2          # any architecture option
 
 Compilation and the first iterations are warm-up and stay out of the timing. The other
 benchmarks: bench/prepare_char.py, bench/prepare_bpe.py (data preparation), bench/sample.py
@@ -18,8 +19,9 @@ from types import SimpleNamespace
 import torch
 
 import configurator
-from model import GPT, GPTConfig, device_peak_flops
-from train import RandomBatches, autocast_context, model_vocab_size, read_vocab, resolve_device, resolve_dtype
+from loading import (RandomBatches, autocast_context, build_model, model_vocab_size, read_vocab, resolve_device,
+                     resolve_dtype)
+from model import OPTIONS, device_peak_flops
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -28,6 +30,17 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 bias = False
+# architecture options, as in train.py (model.GPTConfig); the defaults are GPT-2's
+attn_impl = 'sdpa'
+pos_enc = 'learned'
+norm = 'layernorm'
+qk_norm = False
+mlp = 'gelu'
+residual = True
+attention = True
+tie_embeddings = True
+logit_softcap = 0.0
+zero_init_proj = False
 real_data = False  # True: batches from data/<dataset>/train.bin; False: random tokens
 dataset = 'openwebtext'
 warmup_iters = 10  # not timed: compilation, allocator and kernel warm-up
@@ -61,8 +74,10 @@ def main(argv):
         y = torch.randint(vocab_size, (cfg.batch_size, cfg.block_size), device=dev)
         get_batch = lambda: (x, y)  # noqa: E731
 
-    model = GPT(GPTConfig(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer,
-                          n_head=cfg.n_head, n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias)).to(dev)
+    model_args = dict(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
+                      n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias, **{k: getattr(cfg, k) for k in OPTIONS})
+    model, _ = build_model('scratch', None, model_args)
+    model.to(dev)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
     step_model = torch.compile(model) if (device_type == 'cuda' if cfg.compile is None else cfg.compile) else model

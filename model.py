@@ -1,16 +1,23 @@
 """
-The GPT language model and nothing else: GPT-2's architecture, its initialisation,
-the optimizer groups, an MFU estimate, and generation with a KV cache.
+The GPT language model and nothing else: GPT-2's architecture and the options that change
+each part of it, the initialisation, the optimizer groups, an MFU estimate, and generation
+with a KV cache.
+
+Every option defaults to GPT-2, so the default model is GPT-2 and loads OpenAI's weights.
+Training, the cache's prefill and its one-token steps all run through the same blocks.
 
 References:
 1) OpenAI's GPT-2 TensorFlow implementation:
    https://github.com/openai/gpt-2/blob/master/src/model.py
 2) Hugging Face's PyTorch implementation:
    https://github.com/huggingface/transformers/blob/main/src/transformers/models/gpt2/modeling_gpt2.py
+3) RoFormer (rotary embeddings): https://arxiv.org/abs/2104.09864; RMSNorm: https://arxiv.org/abs/1910.07467;
+   GLU variants (SwiGLU): https://arxiv.org/abs/2002.05202; ReLU², QK-norm, zero-initialised projections
+   and logit soft-capping as the GPT-2 speedrun uses them: https://github.com/KellerJordan/modded-nanogpt
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -26,64 +33,230 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # bias in Linears and LayerNorms, like GPT-2; False is a bit better and faster
+    # The architecture options, each defaulting to GPT-2 (the README's "Architecture options"):
+    attn_impl: str = 'sdpa'  # 'sdpa' (fused kernels), 'manual' (softmax(QK^T/sqrt(d))V), 'mha' (nn.MultiheadAttention)
+    pos_enc: str = 'learned'  # 'learned', 'sinusoidal', 'rope' (rotary, on queries and keys), 'none'
+    norm: str = 'layernorm'  # 'layernorm', 'rmsnorm', 'none'
+    qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
+    mlp: str = 'gelu'  # 'gelu' (tanh approximation), 'relu2' (ReLU squared), 'swiglu'
+    residual: bool = True  # False: each sublayer's output replaces x instead of being added to it
+    attention: bool = True  # False: MLP-only blocks
+    tie_embeddings: bool = True  # one matrix embeds the tokens and scores them
+    logit_softcap: float = 0.0  # c > 0: logits become c * tanh(logits / c)
+    zero_init_proj: bool = False  # the projections into the residual stream start at zero
+
+    def __post_init__(self):
+        for key, choices in CHOICES.items():
+            if getattr(self, key) not in choices:
+                raise ValueError(f"{key} must be one of {', '.join(map(repr, choices))}, got {getattr(self, key)!r}")
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        acting_on_attention = [f"{k}={getattr(self, k)!r}" for k, v in (('pos_enc', 'rope'), ('qk_norm', True))
+                               if getattr(self, k) == v]
+        if acting_on_attention and not self.attention:
+            raise ValueError(f"{' and '.join(acting_on_attention)} act on attention's queries and keys, "
+                             f"and attention=False has none")
+        if acting_on_attention and self.attn_impl == 'mha':
+            raise ValueError(f"attn_impl='mha' computes queries and keys inside nn.MultiheadAttention, so "
+                             f"{' and '.join(acting_on_attention)} cannot reach them; use attn_impl='sdpa' or 'manual'")
+        if self.pos_enc == 'rope' and (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"pos_enc='rope' rotates pairs of features and needs an even head size, "
+                             f"got n_embd / n_head = {self.n_embd // self.n_head}")
+        if self.zero_init_proj and not self.residual:
+            raise ValueError("zero_init_proj=True with residual=False starts every block with a zero output, "
+                             "which no gradient can leave; use one or the other")
+        if not (math.isfinite(self.logit_softcap) and self.logit_softcap >= 0):
+            raise ValueError(f"logit_softcap must be 0 (off) or a positive number, got {self.logit_softcap}")
 
 
-# the GPTConfig fields that define the weights' shapes (dropout does not), as checkpoints record them
-ARCHITECTURE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')
+CHOICES = {'attn_impl': ('sdpa', 'manual', 'mha'), 'pos_enc': ('learned', 'sinusoidal', 'rope', 'none'),
+           'norm': ('layernorm', 'rmsnorm', 'none'), 'mlp': ('gelu', 'relu2', 'swiglu')}
+# the options above, whose defaults are GPT-2's architecture
+OPTIONS = ('attn_impl', 'pos_enc', 'norm', 'qk_norm', 'mlp', 'residual', 'attention', 'tie_embeddings',
+           'logit_softcap', 'zero_init_proj')
+# the GPTConfig fields that define the model (dropout does not), as checkpoints record them
+ARCHITECTURE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', *OPTIONS)
+
+
+def architecture_of(model_args):
+    """The GPTConfig fields a checkpoint's model_args define; a checkpoint written before an
+    option existed lacks its key, and gets the default: GPT-2's."""
+    defaults = {f.name: f.default for f in fields(GPTConfig)}
+    return {k: model_args.get(k, defaults[k]) for k in ARCHITECTURE}
+
+
+def check_gpt2_compatible(args):
+    """OpenAI's GPT-2 weights only fit GPT-2's architecture: refuse any option set otherwise."""
+    defaults = {f.name: f.default for f in fields(GPTConfig)}
+    for key in OPTIONS:
+        if key in args and args[key] != defaults[key]:
+            raise ValueError(f"OpenAI's GPT-2 weights need GPT-2's architecture, so {key}={args[key]!r} is not "
+                             f"possible with them; drop the option (default {defaults[key]!r})")
+
+
+class RMSNorm(nn.Module):
+    """x / rms(x), times a learned gain: LayerNorm without the mean and the bias."""
+
+    def __init__(self, dim, eps=1e-6):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
+
+
+def make_norm(config, dim):
+    if config.norm == 'layernorm':
+        return nn.LayerNorm(dim, bias=config.bias)
+    if config.norm == 'rmsnorm':
+        return RMSNorm(dim)
+    return nn.Identity()
+
+
+def sinusoidal_positions(max_len, dim):
+    """The Transformer paper's fixed position table: sin and cos of the position at
+    geometrically spaced frequencies. It is scaled to the RMS of GPT-2's token embeddings at
+    init (0.02); at its natural amplitude of about 0.7 the positions would drown the tokens."""
+    angles = torch.outer(torch.arange(max_len, dtype=torch.float32),
+                         10000.0 ** -(torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+    table = torch.empty(max_len, dim)
+    table[:, 0::2] = angles.sin()
+    table[:, 1::2] = angles.cos()[:, :dim // 2]
+    return table * (0.02 * math.sqrt(2))
+
+
+class Rotary(nn.Module):
+    """Rotary position embedding: rotates each pair of a head's query (or key) features by an angle
+    proportional to the position, so that a query-key product depends on their distance only."""
+
+    def __init__(self, head_size, max_len, base=10000.0):
+        super().__init__()
+        inv_freq = base ** -(torch.arange(0, head_size, 2, dtype=torch.float32) / head_size)
+        angles = torch.outer(torch.arange(max_len, dtype=torch.float32), inv_freq)
+        # computed, not learned: left out of the state dict
+        self.register_buffer('cos', angles.cos(), persistent=False)
+        self.register_buffer('sin', angles.sin(), persistent=False)
+
+    def forward(self, x, start):
+        """x (B, nh, T, hs) holds positions start .. start + T - 1."""
+        cos, sin = self.cos[start:start + x.size(-2)], self.sin[start:start + x.size(-2)]
+        x1, x2 = x.float().chunk(2, dim=-1)  # rotate in float32 also under autocast
+        return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).type_as(x)
+
+
+def dropout(x, p, training):
+    # A one-token decoding step on a small model is mostly per-call overhead, so the blocks call
+    # the functional ops on their modules' weights and skip dropout's call when it does nothing.
+    return F.dropout(x, p, training) if training and p > 0 else x
+
+
+def causal_mask(T, S, device):
+    """(T, S) booleans: True where one of the last T positions of S may attend to a position."""
+    return torch.ones(T, S, dtype=torch.bool, device=device).tril(S - T)
 
 
 class CausalSelfAttention(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
-        assert config.n_embd % config.n_head == 0
-        # key, query, value projections for all heads, in one matmul
-        self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
-        self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
-        self.attn_dropout = config.dropout
-        self.resid_dropout = nn.Dropout(config.dropout)
-        self.n_head = config.n_head
-        self.n_embd = config.n_embd
+        self.layer = layer  # its index: which slot of a KVCache is its own
+        self.impl, self.n_head, self.dropout = config.attn_impl, config.n_head, config.dropout
+        head_size = config.n_embd // config.n_head
+        if config.attn_impl == 'mha':
+            # torch's own module: its in_proj_weight stacks the q, k, v projections as c_attn does
+            self.mha = nn.MultiheadAttention(config.n_embd, config.n_head, dropout=config.dropout,
+                                             bias=config.bias, batch_first=True)
+        else:
+            # key, query, value projections for all heads, in one matmul
+            self.c_attn = nn.Linear(config.n_embd, 3 * config.n_embd, bias=config.bias)
+            self.c_proj = nn.Linear(config.n_embd, config.n_embd, bias=config.bias)
+        self.q_norm = RMSNorm(head_size) if config.qk_norm else None
+        self.k_norm = RMSNorm(head_size) if config.qk_norm else None
+        self.rotary = Rotary(head_size, config.block_size) if config.pos_enc == 'rope' else None
 
-    def forward(self, x):
+    def forward(self, x, cache=None):
+        """x (B, T, C) at the positions after those in the cache (or from 0 without one)."""
         B, T, C = x.size()
-        # queries, keys and values for all heads from one matmul, as (3, B, nh, T, hs)
-        qkv = self.c_attn(x).view(B, T, 3, self.n_head, C // self.n_head)
-        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        # scaled_dot_product_attention dispatches to flash / memory-efficient kernels where it can
-        y = F.scaled_dot_product_attention(
-            q, k, v, dropout_p=self.attn_dropout if self.training else 0.0, is_causal=True)
+        if self.impl == 'mha':
+            # the module projects keys and values itself, so the cache keeps this layer's inputs
+            context = cache.extend(self.layer, x) if cache is not None else x
+            y, _ = self.mha(x, context, context, need_weights=False,
+                            attn_mask=~causal_mask(T, context.size(1), x.device))  # True: masked out
+            return dropout(y, self.dropout, self.training)
+        # queries, keys and values for all heads from one matmul, each (B, nh, T, hs)
+        qkv = F.linear(x, self.c_attn.weight, self.c_attn.bias)
+        q, k, v = qkv.view(B, T, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4).unbind(0)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if self.rotary is not None:
+            start = cache.length if cache is not None else 0
+            q, k = self.rotary(q, start), self.rotary(k, start)
+        if cache is not None:
+            k, v = cache.extend(self.layer, torch.stack((k, v))).unbind(0)
+        S = k.size(2)  # the positions attended to: T, or all the cached ones
+        if self.impl == 'manual':
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(k.size(-1))
+            att = att.masked_fill(~causal_mask(T, S, x.device), float('-inf'))
+            y = dropout(F.softmax(att, dim=-1), self.dropout, self.training) @ v
+        else:
+            # dispatches to flash / memory-efficient kernels where it can; a single new token
+            # attends to every position so far and needs no mask
+            mask = None if T in (1, S) else causal_mask(T, S, x.device)
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=T == S,
+                                               dropout_p=self.dropout if self.training else 0.0)
         y = y.transpose(1, 2).contiguous().view(B, T, C)
-        return self.resid_dropout(self.c_proj(y))
+        return dropout(F.linear(y, self.c_proj.weight, self.c_proj.bias), self.dropout, self.training)
 
 
 class MLP(nn.Module):
 
     def __init__(self, config):
         super().__init__()
-        self.c_fc = nn.Linear(config.n_embd, 4 * config.n_embd, bias=config.bias)
-        # GPT-2 was trained with the tanh approximation; using it makes pretrained logits match exactly
-        self.gelu = nn.GELU(approximate='tanh')
-        self.c_proj = nn.Linear(4 * config.n_embd, config.n_embd, bias=config.bias)
-        self.dropout = nn.Dropout(config.dropout)
+        self.activation = config.mlp
+        if config.mlp == 'swiglu':
+            # silu(x W_gate) * (x W_up), both from one matmul; the hidden width 8/3 * n_embd
+            # (to a multiple of 8) keeps three matrices as large as GELU's two of 4 * n_embd
+            hidden = 8 * round(8 * config.n_embd / 3 / 8)
+            self.c_fc = nn.Linear(config.n_embd, 2 * hidden, bias=config.bias)
+        else:
+            hidden = 4 * config.n_embd
+            self.c_fc = nn.Linear(config.n_embd, hidden, bias=config.bias)
+        self.c_proj = nn.Linear(hidden, config.n_embd, bias=config.bias)
+        self.dropout = config.dropout
 
     def forward(self, x):
-        return self.dropout(self.c_proj(self.gelu(self.c_fc(x))))
+        h = F.linear(x, self.c_fc.weight, self.c_fc.bias)
+        if self.activation == 'gelu':
+            # GPT-2 was trained with the tanh approximation; using it makes pretrained logits match exactly
+            h = F.gelu(h, approximate='tanh')
+        elif self.activation == 'relu2':
+            h = F.relu(h).square()
+        else:
+            gate, up = h.chunk(2, dim=-1)
+            h = F.silu(gate) * up
+        return dropout(F.linear(h, self.c_proj.weight, self.c_proj.bias), self.dropout, self.training)
 
 
 class Block(nn.Module):
 
-    def __init__(self, config):
+    def __init__(self, config, layer):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(config.n_embd, bias=config.bias)
-        self.attn = CausalSelfAttention(config)
-        self.ln_2 = nn.LayerNorm(config.n_embd, bias=config.bias)
+        self.residual = config.residual
+        if config.attention:
+            self.ln_1 = make_norm(config, config.n_embd)
+            self.attn = CausalSelfAttention(config, layer)
+        else:
+            self.attn = None
+        self.ln_2 = make_norm(config, config.n_embd)
         self.mlp = MLP(config)
 
-    def forward(self, x):
-        x = x + self.attn(self.ln_1(x))
-        x = x + self.mlp(self.ln_2(x))
-        return x
+    def forward(self, x, cache=None):
+        if self.attn is not None:
+            y = self.attn(self.ln_1(x), cache)
+            x = x + y if self.residual else y
+        y = self.mlp(self.ln_2(x))
+        return x + y if self.residual else y
 
 
 class GPT(nn.Module):
@@ -94,31 +267,43 @@ class GPT(nn.Module):
         assert config.block_size is not None
         self.config = config
 
-        self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(config.vocab_size, config.n_embd),
-            wpe=nn.Embedding(config.block_size, config.n_embd),
-            drop=nn.Dropout(config.dropout),
-            h=nn.ModuleList([Block(config) for _ in range(config.n_layer)]),
-            ln_f=nn.LayerNorm(config.n_embd, bias=config.bias),
-        ))
+        modules = dict(wte=nn.Embedding(config.vocab_size, config.n_embd))
+        if config.pos_enc == 'learned':
+            modules['wpe'] = nn.Embedding(config.block_size, config.n_embd)
+        modules.update(
+            h=nn.ModuleList([Block(config, layer) for layer in range(config.n_layer)]),
+            ln_f=make_norm(config, config.n_embd),
+        )
+        self.transformer = nn.ModuleDict(modules)
+        if config.pos_enc == 'sinusoidal':
+            self.register_buffer('sinusoids', sinusoidal_positions(config.block_size, config.n_embd), persistent=False)
         self.lm_head = nn.Linear(config.n_embd, config.vocab_size, bias=False)
-        # Weight tying (https://paperswithcode.com/method/weight-tying): one matrix both
-        # embeds tokens and scores them, as in GPT-2.
-        self.transformer.wte.weight = self.lm_head.weight
+        if config.tie_embeddings:
+            # Weight tying (https://paperswithcode.com/method/weight-tying): one matrix both
+            # embeds tokens and scores them, as in GPT-2.
+            self.transformer.wte.weight = self.lm_head.weight
 
         self.apply(self._init_weights)
         # GPT-2 scales the init of the projections into the residual stream by 1/sqrt(2 * n_layer),
-        # so the residual's variance does not grow with depth.
+        # so the residual's variance does not grow with depth; the speedrun starts them at zero,
+        # so that every block begins as the identity.
         for pn, p in self.named_parameters():
-            if pn.endswith('c_proj.weight'):
-                torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
+            if pn.endswith(('c_proj.weight', 'out_proj.weight')):
+                if config.zero_init_proj:
+                    torch.nn.init.zeros_(p)
+                else:
+                    torch.nn.init.normal_(p, mean=0.0, std=0.02 / math.sqrt(2 * config.n_layer))
 
     def get_num_params(self, non_embedding=True):
-        """Number of parameters. The position embeddings are left out by default; the token
-        embeddings stay in, because weight tying makes them the lm_head's weights too."""
+        """Number of parameters. By default the embedding tables are left out: the positions', and
+        the tokens' unless weight tying makes them the lm_head's weights too. What remains are the
+        weights the matmuls use, which is what flops_per_token counts."""
         n_params = sum(p.numel() for p in self.parameters())
         if non_embedding:
-            n_params -= self.transformer.wpe.weight.numel()
+            if 'wpe' in self.transformer:
+                n_params -= self.transformer.wpe.weight.numel()
+            if not self.config.tie_embeddings:
+                n_params -= self.transformer.wte.weight.numel()
         return n_params
 
     def _init_weights(self, module):
@@ -128,38 +313,57 @@ class GPT(nn.Module):
                 torch.nn.init.zeros_(module.bias)
         elif isinstance(module, nn.Embedding):
             torch.nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        elif isinstance(module, nn.MultiheadAttention):  # its q, k, v projection is a bare Parameter
+            torch.nn.init.normal_(module.in_proj_weight, mean=0.0, std=0.02)
+            if module.in_proj_bias is not None:
+                torch.nn.init.zeros_(module.in_proj_bias)
 
-    def forward(self, idx, targets=None):
+    def forward(self, idx, targets=None, cache=None):
+        """Logits for every position and the mean loss when targets are given; otherwise the
+        logits of the last position only. With a KVCache, idx continues the cached positions."""
         b, t = idx.size()
-        assert t <= self.config.block_size, \
-            f"cannot forward a sequence of length {t}, block size is only {self.config.block_size}"
-        # the first t rows of the position table: a slice, with no index tensor to build per call
-        x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe.weight[:t])
+        start = cache.length if cache is not None else 0
+        assert start + t <= self.config.block_size, \
+            f"cannot forward a sequence of length {start + t}, block size is only {self.config.block_size}"
+        x = F.embedding(idx, self.transformer.wte.weight)
+        # rows of the position table: a slice, with no index tensor to build per call
+        if self.config.pos_enc == 'learned':
+            x = x + self.transformer.wpe.weight[start:start + t]
+        elif self.config.pos_enc == 'sinusoidal':
+            x = x + self.sinusoids[start:start + t]
+        x = dropout(x, self.config.dropout, self.training)
         for block in self.transformer.h:
-            x = block(x)
+            x = block(x, cache)
+        if cache is not None:
+            cache.length += t
         x = self.transformer.ln_f(x)
-
-        if targets is not None:
-            logits = self.lm_head(x)
-            loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
-        else:
-            # inference only needs the last position: a matmul over one row instead of t
-            logits = self.lm_head(x[:, -1:, :])
-            loss = None
+        if targets is None:
+            x = x[:, -1:, :]  # inference only needs the last position: a matmul over one row instead of t
+        logits = F.linear(x, self.lm_head.weight)
+        if self.config.logit_softcap:
+            c = self.config.logit_softcap
+            logits = c * torch.tanh(logits.float() / c)
+        if targets is None:
+            return logits, None
+        loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.view(-1), ignore_index=-1)
         return logits, loss
 
     def crop_block_size(self, block_size):
-        """Shrink the model's context, e.g. to fine-tune GPT-2 (1024) with a smaller block_size."""
+        """Shrink the model's context, e.g. to fine-tune GPT-2 (1024) with a smaller block_size.
+        The fixed position tables (sinusoidal, rotary) keep their rows: none past block_size is read."""
         assert block_size <= self.config.block_size
         self.config.block_size = block_size
-        self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
+        if 'wpe' in self.transformer:
+            self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
     @classmethod
     def from_pretrained(cls, model_type, override_args=None):
         """GPT-2 weights from Hugging Face: a name ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
-        or a local directory holding a GPT-2 checkpoint saved with `save_pretrained`."""
+        or a local directory holding a GPT-2 checkpoint saved with `save_pretrained`. override_args
+        may set dropout; architecture options other than GPT-2's are refused (ValueError)."""
         override_args = override_args or {}
-        assert set(override_args) <= {'dropout'}, "only dropout can be overridden"
+        assert set(override_args) <= {'dropout', *OPTIONS}, "only dropout and the architecture options can be given"
+        check_gpt2_compatible(override_args)
         from transformers import GPT2LMHeadModel  # optional dependency, only needed here
         print(f"loading weights from pretrained gpt: {model_type}")
         model_hf = GPT2LMHeadModel.from_pretrained(model_type)
@@ -182,7 +386,7 @@ class GPT(nn.Module):
         return model
 
     def configure_optimizers(self, weight_decay, learning_rate, betas):
-        # Decay the 2-D tensors (matmul weights, embeddings); leave biases and LayerNorm gains alone.
+        # Decay the 2-D tensors (matmul weights, embeddings); leave biases and norm gains alone.
         params = [p for p in self.parameters() if p.requires_grad]
         decay_params = [p for p in params if p.dim() >= 2]
         nodecay_params = [p for p in params if p.dim() < 2]
@@ -198,12 +402,13 @@ class GPT(nn.Module):
             return torch.optim.AdamW(optim_groups, lr=learning_rate, betas=betas)
 
     def flops_per_token(self):
-        """Training FLOPs per token: 6N for the matmuls with the weights (forward and backward)
-        plus the attention scores, see the PaLM paper, Appendix B (https://arxiv.org/abs/2204.02311)."""
+        """Training FLOPs per token: 6N for the matmuls with the weights (forward and backward; N
+        counts SwiGLU's three matrices and an untied head) plus the attention scores, which
+        MLP-only blocks do not compute; see the PaLM paper, Appendix B (https://arxiv.org/abs/2204.02311)."""
         cfg = self.config
         N = self.get_num_params()
         L, H, Q, T = cfg.n_layer, cfg.n_head, cfg.n_embd // cfg.n_head, cfg.block_size
-        return 6 * N + 12 * L * H * Q * T
+        return 6 * N + (12 * L * H * Q * T if cfg.attention else 0)
 
     def estimate_mfu(self, tokens_per_iter, dt, peak_flops):
         """Model FLOPs utilisation: achieved FLOP/s over the device's peak (None when unknown)."""
@@ -253,59 +458,35 @@ class KVCache:
     keys and values of every position seen so far, so that each generated token costs one
     position's compute instead of a forward pass over the whole context.
 
-    forward() computes what GPT.forward computes in eval mode, with the same ops on the same
-    weights (a test holds a prefill's logits bit-identical on CPU). It calls the functional ops
-    on weights looked up once rather than going through the nn.Modules: on a small model a
-    one-token step is mostly per-call overhead, and module dispatch and attribute lookups were
-    about half of it (see the generation benchmark in the README).
+    forward() runs GPT.forward itself, with the cache handed down to each attention layer, which
+    stores its new keys and values with extend() and attends to all of them.
     """
 
     def __init__(self, model):
         cfg = model.config
         assert not (model.training and cfg.dropout > 0), \
             "the cache runs the network without dropout: call model.eval() first"
-        self.n_head, self.max_len = cfg.n_head, cfg.block_size
+        self.model, self.max_len = model, cfg.block_size
         self.length = 0  # positions filled; the next token goes at this position
-        t = model.transformer
-        self.wte, self.wpe, self.lm_head = t.wte.weight, t.wpe.weight, model.lm_head.weight
-        self.ln_f = _layer_norm_args(t.ln_f)
-        self.layers = [(_layer_norm_args(b.ln_1), _linear_args(b.attn.c_attn), _linear_args(b.attn.c_proj),
-                        _layer_norm_args(b.ln_2), _linear_args(b.mlp.c_fc), _linear_args(b.mlp.c_proj))
-                       for b in t.h]
-        # per layer, keys and values stacked as (2, B, nh, max_len, hs): one copy per step stores both.
-        # Allocated on first use, with the dtype that autocast gives them.
-        self.kv = [None] * cfg.n_layer
+        # per layer, one buffer for max_len positions (keys and values stacked), allocated on
+        # first use with the dtype that autocast gives them
+        self.buffers = [None] * cfg.n_layer
 
     def forward(self, idx):
         """Logits (b, 1, vocab) for the position after idx (b, t), which continues the cached
-        positions; idx's keys and values join the cache. t > 1 only as the first call (the prefill)."""
-        b, t = idx.size()
-        start, end = self.length, self.length + t
-        assert end <= self.max_len, "KV cache overflow: the caller must start a new cache"
-        assert t == 1 or start == 0, "a prefill must start from an empty cache"
-        x = F.embedding(idx, self.wte) + self.wpe[start:end]
-        C = x.size(-1)
-        for layer, (ln_1, c_attn, attn_proj, ln_2, c_fc, mlp_proj) in enumerate(self.layers):
-            qkv = F.linear(F.layer_norm(x, *ln_1), *c_attn).view(b, t, 3, self.n_head, C // self.n_head)
-            q, kv = qkv.permute(2, 0, 3, 1, 4).split((1, 2))
-            if self.kv[layer] is None:
-                self.kv[layer] = kv.new_empty((*kv.shape[:3], self.max_len, kv.size(4)))
-            self.kv[layer].narrow(3, start, t).copy_(kv)
-            k, v = self.kv[layer].narrow(3, 0, end).unbind(0)
-            # the prefill needs the causal mask; a single new token may attend to every position so far
-            y = F.scaled_dot_product_attention(q[0], k, v, is_causal=t > 1)
-            x = x + F.linear(y.transpose(1, 2).contiguous().view(b, t, C), *attn_proj)
-            x = x + F.linear(F.gelu(F.linear(F.layer_norm(x, *ln_2), *c_fc), approximate='tanh'), *mlp_proj)
-        self.length = end
-        return F.linear(F.layer_norm(x, *self.ln_f)[:, -1:, :], self.lm_head)
+        positions; idx's keys and values join the cache."""
+        assert self.length + idx.size(1) <= self.max_len, "KV cache overflow: the caller must start a new cache"
+        logits, _ = self.model(idx, cache=self)
+        return logits
 
-
-def _linear_args(linear):
-    return linear.weight, linear.bias
-
-
-def _layer_norm_args(layer_norm):
-    return layer_norm.normalized_shape, layer_norm.weight, layer_norm.bias, layer_norm.eps
+    def extend(self, layer, new):
+        """Store a layer's tensor for the new positions, (..., t, features), in its buffer; return
+        the buffer's positions so far."""
+        t = new.size(-2)
+        if self.buffers[layer] is None:
+            self.buffers[layer] = new.new_empty((*new.shape[:-2], self.max_len, new.size(-1)))
+        self.buffers[layer].narrow(-2, self.length, t).copy_(new)
+        return self.buffers[layer].narrow(-2, 0, self.length + t)
 
 
 def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):

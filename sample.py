@@ -19,8 +19,7 @@ import checkpoint
 import configurator
 from configurator import ConfigError, UserError
 from data.bpe import get_encoding
-from model import ARCHITECTURE, GPT, GPTConfig, KVCache
-from train import autocast_context, load_gpt2, read_vocab, resolve_device, resolve_dtype
+from loading import autocast_context, build_model, read_vocab, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -88,26 +87,23 @@ class Codec:
         yield utf8.decode(b'', final=True)
 
 
-def load_model(cfg, device):
+def load_model(cfg):
     """The model and its vocabulary, from a checkpoint or from GPT-2 weights."""
-    if cfg.init_from == 'resume' or os.path.isfile(cfg.init_from):
+    if cfg.init_from == 'scratch':
+        raise ConfigError("init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got 'scratch'")
+    model, ckpt = build_model(cfg.init_from, cfg.out_dir, {'dropout': 0.0})
+    if ckpt is None:  # OpenAI's GPT-2
+        return model, {'tokenizer': 'gpt2', 'vocab_size': 50257}
+    vocab = ckpt.get('vocab')
+    if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
         path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
-        ckpt = checkpoint.load(path, map_location=device)
-        args = ckpt['model_args']
-        model = GPT(GPTConfig(**{k: args[k] for k in ARCHITECTURE}))
-        model.load_state_dict(ckpt['model'])
-        vocab = ckpt.get('vocab')
-        if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
-            data_dir = os.path.join('data', ckpt.get('config', {}).get('dataset', ''))
-            vocab = read_vocab(data_dir)
-            too_big = vocab['vocab_size'] > args['vocab_size']
-            if too_big or (vocab['tokenizer'] == 'char' and vocab['vocab_size'] != args['vocab_size']):
-                raise UserError(f"{path} holds no vocabulary and the one in {data_dir} ({vocab['tokenizer']}, "
-                                f"{vocab['vocab_size']} tokens) does not fit its {args['vocab_size']} outputs")
-        return model, vocab
-    if cfg.init_from.startswith('gpt2') or os.path.isdir(cfg.init_from):
-        return load_gpt2(cfg.init_from, 0.0), {'tokenizer': 'gpt2', 'vocab_size': 50257}
-    raise ConfigError(f"init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got {cfg.init_from!r}")
+        data_dir = os.path.join('data', ckpt.get('config', {}).get('dataset', ''))
+        vocab = read_vocab(data_dir)
+        n_outputs = model.config.vocab_size
+        if vocab['vocab_size'] > n_outputs or (vocab['tokenizer'] == 'char' and vocab['vocab_size'] != n_outputs):
+            raise UserError(f"{path} holds no vocabulary and the one in {data_dir} "
+                            f"({vocab['tokenizer']}, {vocab['vocab_size']} tokens) does not fit its {n_outputs} outputs")
+    return model, vocab
 
 
 def check_sampling(cfg):
@@ -129,14 +125,11 @@ def main(argv):
     autocast = autocast_context(device_type, resolve_dtype(cfg.dtype, device_type))
     torch.manual_seed(cfg.seed)
 
-    model, vocab = load_model(cfg, device)
+    model, vocab = load_model(cfg)
     model.eval()
     model.to(device)
-    if cfg.compile:  # compile what runs once per token: the cached step, or the whole forward pass
-        if cfg.kv_cache:  # for every KVCache of this process: generate_tokens makes a new one per window
-            KVCache.forward = torch.compile(KVCache.forward, dynamic=True)
-        else:
-            model.forward = torch.compile(model.forward, dynamic=True)
+    if cfg.compile:  # what runs once per token, with or without the KV cache
+        model.forward = torch.compile(model.forward, dynamic=True)
     codec = Codec(vocab)
 
     prompt = cfg.start

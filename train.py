@@ -12,15 +12,12 @@ A run killed at any moment continues with --init_from=resume as if it had never 
 import json
 import math
 import os
-import pickle
 import re
 import subprocess
 import sys
 import time
-from contextlib import nullcontext
 from types import SimpleNamespace
 
-import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
@@ -28,7 +25,9 @@ import checkpoint
 import configurator
 import distributed
 from configurator import ConfigError, UserError
-from model import ARCHITECTURE, GPT, GPTConfig, device_peak_flops
+from loading import (RandomBatches, architecture_config, autocast_context, build_model, check_token_file,
+                     model_vocab_size, read_vocab, resolve_device, resolve_dtype)
+from model import ARCHITECTURE, check_gpt2_compatible, device_peak_flops
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -58,6 +57,17 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # use bias inside LayerNorm and Linear layers?
+# architecture options (model.GPTConfig); the defaults are GPT-2's
+attn_impl = 'sdpa'  # 'sdpa' (fused kernels), 'manual' (softmax(QK^T/sqrt(d))V written out), 'mha' (nn.MultiheadAttention)
+pos_enc = 'learned'  # 'learned', 'sinusoidal', 'rope' (rotary), 'none'
+norm = 'layernorm'  # 'layernorm', 'rmsnorm', 'none'
+qk_norm = False  # normalise each head's queries and keys before attention
+mlp = 'gelu'  # 'gelu', 'relu2' (ReLU squared), 'swiglu'
+residual = True  # False: no residual connections
+attention = True  # False: MLP-only blocks
+tie_embeddings = True  # share the token embedding and the output head
+logit_softcap = 0.0  # c > 0: logits become c * tanh(logits / c)
+zero_init_proj = False  # start the projections into the residual stream at zero
 # adamw optimizer
 learning_rate = 6e-4  # max learning rate
 max_iters = 600000  # total number of training iterations
@@ -82,88 +92,10 @@ seed = 1337
 DEFAULTS = configurator.defaults_from(globals())
 
 
-class RandomBatches:
-    """Batches of random windows from a token file, nanoGPT's "poor man's data loader".
-
-    y is x shifted by one token. The offsets come from `generator`, so the generator's
-    state is the loader's position: saving it in a checkpoint resumes the exact stream.
-    """
-
-    def __init__(self, path, dtype, block_size, batch_size, device, generator):
-        self.path, self.dtype = path, dtype
-        self.block_size, self.batch_size = block_size, batch_size
-        self.device, self.generator = device, generator
-        self.offsets = np.arange(block_size + 1)
-
-    def next(self):
-        # A fresh memmap per batch: one long-lived memmap keeps every page it touched
-        # mapped, and the process's memory grows over a long run.
-        data = np.memmap(self.path, dtype=self.dtype, mode='r')
-        ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=self.generator)
-        windows = torch.from_numpy(data[ix.numpy()[:, None] + self.offsets].astype(np.int64))
-        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
-        if self.device.startswith('cuda'):
-            # pinned memory lets the copy to the GPU run asynchronously (non_blocking=True)
-            return (x.pin_memory().to(self.device, non_blocking=True),
-                    y.pin_memory().to(self.device, non_blocking=True))
-        return x.to(self.device), y.to(self.device)
-
-
-def read_vocab(data_dir):
-    """The dataset's vocabulary from meta.json (or nanoGPT's meta.pkl): what the model must
-    predict, and what a checkpoint records so that sample.py can decode without the data."""
-    json_path, pkl_path = os.path.join(data_dir, 'meta.json'), os.path.join(data_dir, 'meta.pkl')
-    if os.path.exists(json_path):
-        with open(json_path) as f:
-            try:
-                meta = json.load(f)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{json_path} is not valid JSON ({e}); prepare the dataset again") from None
-        if not {'tokenizer', 'vocab_size'} <= meta.keys() or (meta['tokenizer'] == 'char' and 'itos' not in meta):
-            raise UserError(f"{json_path} lacks 'tokenizer', 'vocab_size' or (char-level) 'itos'; prepare the dataset again")
-    elif os.path.exists(pkl_path):  # nanoGPT's format: a trusted file written by its prepare.py
-        with open(pkl_path, 'rb') as f:
-            meta = pickle.load(f)
-        meta = {'tokenizer': 'char', 'vocab_size': meta['vocab_size'], 'dtype': 'uint16',
-                'itos': [meta['itos'][i] for i in range(meta['vocab_size'])]}
-    else:  # nanoGPT's openwebtext and shakespeare prepare scripts write no meta: GPT-2 BPE
-        meta = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'dtype': 'uint16'}
-    vocab = {'tokenizer': meta['tokenizer'], 'vocab_size': meta['vocab_size'], 'dtype': meta.get('dtype', 'uint16')}
-    if meta['tokenizer'] == 'char':
-        vocab['itos'] = meta['itos']
-    return vocab
-
-
-def load_gpt2(name, dropout):
-    """OpenAI's GPT-2 weights ('gpt2' ... 'gpt2-xl') or a local Hugging Face GPT-2 directory."""
-    try:
-        return GPT.from_pretrained(name, dict(dropout=dropout))
-    except ImportError:
-        raise UserError("GPT-2 weights need the transformers package: pip install transformers") from None
-    except OSError as e:  # an unknown name, no network, or a directory without a GPT-2 checkpoint
-        raise UserError(f"cannot load GPT-2 weights {name!r}: {str(e).splitlines()[0]}") from None
-
-
-def check_token_file(path, dtype, block_size, dataset):
-    if not os.path.exists(path):
-        raise UserError(f"{path} not found: prepare the dataset first with "
-                        f"`python data/{dataset}/prepare.py`")
-    itemsize = np.dtype(dtype).itemsize
-    size = os.path.getsize(path)
-    if size % itemsize:
-        raise UserError(f"{path} has {size} bytes, not a multiple of {itemsize} ({dtype}): "
-                        f"the file is truncated or meta.json's dtype is wrong; prepare the dataset again")
-    if size // itemsize < block_size + 1:
-        raise UserError(f"{path} holds {size // itemsize} tokens, too few for block_size={block_size} "
-                        f"(need at least {block_size + 1}); use a smaller block_size or more data")
-
-
-def model_vocab_size(vocab):
-    # BPE vocabularies are padded up to a multiple of 64 (50257 -> 50304), which makes the
-    # lm_head matmul markedly faster on GPUs; a char model keeps its exact vocabulary so its
-    # loss at init is ln(vocab_size) and its numbers compare with nanoGPT's.
-    n = vocab['vocab_size']
-    return n if vocab['tokenizer'] == 'char' else (n + 63) // 64 * 64
+def model_args_from(cfg, vocab):
+    """The GPTConfig fields for a new model: the config's architecture, sized for the vocabulary."""
+    return {**{k: getattr(cfg, k) for k in ARCHITECTURE if k != 'vocab_size'},
+            'vocab_size': model_vocab_size(vocab), 'dropout': cfg.dropout}
 
 
 def check_config(cfg):
@@ -180,49 +112,18 @@ def check_config(cfg):
             raise ConfigError(f"{key} must be in {'(0, 1)' if key == 'learning_rate' else '[0, 1)'}, got {value}")
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
-    if cfg.n_embd % cfg.n_head:
-        raise ConfigError(f"n_embd ({cfg.n_embd}) must be a multiple of n_head ({cfg.n_head})")
+    architecture_config(model_args_from(cfg, {'tokenizer': 'char', 'vocab_size': 1}))  # refuses what cannot work
+    if cfg.init_from.startswith('gpt2'):
+        try:
+            check_gpt2_compatible(vars(cfg))
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
     if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
         raise ConfigError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {cfg.dtype!r}")
     if cfg.compile not in (None, True, False):
         raise ConfigError(f"compile must be True or False, got {cfg.compile!r}")
     if cfg.ckpt_every < 0 or cfg.keep_last < 0 or any(not isinstance(i, int) for i in cfg.ckpt_iters):
         raise ConfigError("ckpt_every and keep_last must be >= 0 and ckpt_iters a list of iterations")
-
-
-def resolve_device(requested):
-    if requested == 'auto':
-        if torch.cuda.is_available():
-            return 'cuda'
-        return 'mps' if torch.backends.mps.is_available() else 'cpu'
-    if requested.startswith('cuda') and not torch.cuda.is_available():
-        raise UserError(f"device={requested} but no CUDA GPU is available; use --device=cpu")
-    if requested == 'mps' and not torch.backends.mps.is_available():
-        raise UserError("device=mps but MPS is not available; use --device=cpu")
-    if requested.split(':')[0] not in ('cpu', 'cuda', 'mps'):
-        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {requested!r}")
-    return requested
-
-
-def resolve_dtype(requested, device_type):
-    if requested == 'bfloat16' and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
-        raise UserError("dtype=bfloat16 but this GPU does not support it; use --dtype=float16")
-    if requested != 'auto':
-        return requested
-    if device_type == 'cuda':
-        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
-    return 'float32'
-
-
-def autocast_context(device_type, dtype):
-    """The context the forward passes run in: as is for float32, autocast for bfloat16/float16.
-    On CUDA, float32 matmuls may use TF32 (Ampere and later): much faster, as accurate as training needs."""
-    if device_type == 'cuda':
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    if dtype == 'float32':
-        return nullcontext()
-    return torch.amp.autocast(device_type=device_type, dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])
 
 
 def check_writable(directory):
@@ -293,53 +194,34 @@ def main(argv):
     # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway);
     # the per-rank seed for data and dropout is set after the model exists.
     torch.manual_seed(cfg.seed)
-    iter_num, best_val_loss, ckpt = 0, float('inf'), None
-    model_args = dict(n_layer=cfg.n_layer, n_head=cfg.n_head, n_embd=cfg.n_embd, block_size=cfg.block_size,
-                      bias=cfg.bias, vocab_size=model_vocab_size(vocab), dropout=cfg.dropout)
-    if cfg.init_from == 'scratch':
-        print0("initializing a new model from scratch")
-        model = GPT(GPTConfig(**model_args))
-    elif cfg.init_from == 'resume' or os.path.isfile(cfg.init_from):
-        ckpt_path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
-        print0(f"{'resuming training' if cfg.init_from == 'resume' else 'initializing'} from {ckpt_path}")
-        # on the CPU: the random states must stay there; weights and moments move with the model
-        ckpt = checkpoint.load(ckpt_path, map_location='cpu')
+    iter_num, best_val_loss = 0, float('inf')
+    if cfg.init_from.startswith('gpt2') and vocab['tokenizer'] != 'gpt2':
+        raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
+    # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context
+    model, ckpt = build_model(cfg.init_from, cfg.out_dir, model_args_from(cfg, vocab), log=print0)
+    if ckpt is not None:
         ckpt_vocab = ckpt.get('vocab')
         if ckpt_vocab is not None and ckpt_vocab != vocab:
             raise UserError(f"the vocabulary in {data_dir}/meta.json ({vocab['tokenizer']}, {vocab['vocab_size']} "
                             f"tokens) differs from the checkpoint's ({ckpt_vocab['tokenizer']}, "
                             f"{ckpt_vocab['vocab_size']} tokens): train on the dataset the checkpoint was trained on")
-        # the architecture is the checkpoint's; the config can only shrink the context
-        for k in ARCHITECTURE:
-            model_args[k] = ckpt['model_args'][k]
-        if cfg.block_size > model_args['block_size']:
-            raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
-                            f"{model_args['block_size']}; use --block_size={model_args['block_size']} or less")
-        if cfg.init_from == 'resume' and cfg.block_size != model_args['block_size']:
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
+                        f"{model.config.block_size}; use --block_size={model.config.block_size} or less")
+    if cfg.init_from == 'resume':
+        if cfg.block_size != model.config.block_size:
             # the optimizer's moments have the checkpoint's shapes; a shorter context is a new run
-            raise UserError(f"resuming keeps the checkpoint's block_size={model_args['block_size']}; to train "
+            raise UserError(f"resuming keeps the checkpoint's block_size={model.config.block_size}; to train "
                             f"with block_size={cfg.block_size}, export the weights (python checkpoint.py export) "
                             f"and start a run with --init_from=<that file>")
-        model = GPT(GPTConfig(**model_args))
-        model.load_state_dict(ckpt['model'])
-        if cfg.init_from == 'resume':
-            iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
-            if 'optimizer' not in ckpt:
-                raise UserError(f"{ckpt_path} holds weights only and cannot resume training; "
-                                f"pass it as --init_from={ckpt_path} to start a new run from it")
-    elif cfg.init_from.startswith('gpt2') or os.path.isdir(cfg.init_from):
-        print0(f"initializing from OpenAI GPT-2 weights: {cfg.init_from}")
-        if vocab['tokenizer'] != 'gpt2':
-            raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
-        model = load_gpt2(cfg.init_from, cfg.dropout)
-        for k in ARCHITECTURE:
-            model_args[k] = getattr(model.config, k)
-    else:
-        raise ConfigError(f"init_from must be 'scratch', 'resume', 'gpt2*' or an existing checkpoint "
-                          f"file or directory, got {cfg.init_from!r}")
+        if 'optimizer' not in ckpt:
+            path = os.path.join(cfg.out_dir, 'ckpt.pt')
+            raise UserError(f"{path} holds weights only and cannot resume training; "
+                            f"pass it as --init_from={path} to start a new run from it")
+        iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
-        model_args['block_size'] = cfg.block_size
+    model_args = {**{k: getattr(model.config, k) for k in ARCHITECTURE}, 'dropout': cfg.dropout}
     model.to(device)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 

@@ -298,3 +298,48 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(workdir, script, ar
     assert len(lines) == 1, proc.stderr
     assert re.search(message, lines[0]), lines[0]
     assert files_in(workdir) == before
+
+
+# -----------------------------------------------------------------------------
+# architecture options, end to end: between them these mixes use every value of every option
+
+OPTION_MIXES = [
+    ['--attn_impl=manual', '--pos_enc=rope', '--norm=rmsnorm', '--qk_norm=True', '--mlp=relu2',
+     '--tie_embeddings=False', '--logit_softcap=15.0', '--zero_init_proj=True'],
+    ['--attn_impl=mha', '--pos_enc=sinusoidal', '--norm=none', '--mlp=swiglu'],
+    ['--attention=False', '--pos_enc=none'],
+    ['--residual=False'],
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('options', OPTION_MIXES, ids=[' '.join(o) for o in OPTION_MIXES])
+def test_architecture_options_train_resume_export_and_sample(trained, tmp_path, options):
+    out = tmp_path / 'out'
+    run_script('train.py', *TRAIN, *options, '--max_iters=10', f'--out_dir={out}', cwd=trained)
+    saved = checkpoint.load(out / 'ckpt.pt')
+    for option in options:
+        key, value = option[2:].split('=')
+        assert str(saved['model_args'][key]) == value
+    # resume rebuilds the same model from the checkpoint alone: no options on this command line
+    resumed = run_script('train.py', *TRAIN, '--max_iters=15', f'--out_dir={out}', '--init_from=resume', cwd=trained)
+    assert checkpoint.load(out / 'ckpt.pt')['iter_num'] == 15 and min(losses_in(resumed.stdout)) == ('iter', 10)
+    run_script('checkpoint.py', 'export', out / 'ckpt.pt', tmp_path / 'model.pt', cwd=trained)
+    # 80 new tokens run past block_size=32: the cache restarts its window (RoPE re-encodes positions)
+    common = ['--device=cpu', '--num_samples=2', '--max_new_tokens=80', '--start=ROMEO:', '--seed=3']
+    cached = run_script('sample.py', f'--out_dir={out}', *common, cwd=trained).stdout
+    uncached = run_script('sample.py', f'--init_from={tmp_path / "model.pt"}', *common, '--kv_cache=False',
+                          cwd=trained).stdout
+    assert cached == uncached and cached.count('ROMEO:') == 2
+
+
+@pytest.mark.parametrize('options, message', [
+    (['--pos_enc=rope', '--n_embd=30', '--n_head=2'], "pos_enc='rope' rotates pairs of features and needs an even head size"),
+    (['--norm=batchnorm'], "norm must be one of 'layernorm', 'rmsnorm', 'none', got 'batchnorm'"),
+    (['--attn_impl=mha', '--pos_enc=rope'], "attn_impl='mha' computes queries and keys inside nn.MultiheadAttention"),
+    (['--init_from=gpt2', '--pos_enc=rope'], "OpenAI's GPT-2 weights need GPT-2's architecture, so pos_enc='rope'"),
+])
+def test_impossible_architectures_stop_train_py_before_reading_any_data(tmp_path, options, message):
+    proc = run_script('train.py', *TRAIN, *options, cwd=tmp_path, check=False)  # tmp_path holds no data at all
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr

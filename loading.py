@@ -1,0 +1,179 @@
+"""
+What train.py, sample.py and bench.py need before their first step, written once: the device
+and precision to run on, a dataset's vocabulary and token batches, and the model that
+init_from names (a new one, a checkpoint, or OpenAI's GPT-2 weights).
+"""
+
+import json
+import os
+import pickle
+from contextlib import nullcontext
+
+import numpy as np
+import torch
+
+import checkpoint
+from configurator import ConfigError, UserError
+from model import GPT, OPTIONS, GPTConfig, architecture_of
+
+
+def resolve_device(requested):
+    if requested == 'auto':
+        if torch.cuda.is_available():
+            return 'cuda'
+        return 'mps' if torch.backends.mps.is_available() else 'cpu'
+    if requested.startswith('cuda') and not torch.cuda.is_available():
+        raise UserError(f"device={requested} but no CUDA GPU is available; use --device=cpu")
+    if requested == 'mps' and not torch.backends.mps.is_available():
+        raise UserError("device=mps but MPS is not available; use --device=cpu")
+    if requested.split(':')[0] not in ('cpu', 'cuda', 'mps'):
+        raise ConfigError(f"device must be 'cpu', 'cuda', 'cuda:N' or 'mps', got {requested!r}")
+    return requested
+
+
+def resolve_dtype(requested, device_type):
+    if requested == 'bfloat16' and device_type == 'cuda' and not torch.cuda.is_bf16_supported():
+        raise UserError("dtype=bfloat16 but this GPU does not support it; use --dtype=float16")
+    if requested != 'auto':
+        return requested
+    if device_type == 'cuda':
+        return 'bfloat16' if torch.cuda.is_bf16_supported() else 'float16'
+    return 'float32'
+
+
+def autocast_context(device_type, dtype):
+    """The context the forward passes run in: as is for float32, autocast for bfloat16/float16.
+    On CUDA, float32 matmuls may use TF32 (Ampere and later): much faster, as accurate as training needs."""
+    if device_type == 'cuda':
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    if dtype == 'float32':
+        return nullcontext()
+    return torch.amp.autocast(device_type=device_type, dtype={'bfloat16': torch.bfloat16, 'float16': torch.float16}[dtype])
+
+
+# -----------------------------------------------------------------------------
+# data
+
+def read_vocab(data_dir):
+    """The dataset's vocabulary from meta.json (or nanoGPT's meta.pkl): what the model must
+    predict, and what a checkpoint records so that sample.py can decode without the data."""
+    json_path, pkl_path = os.path.join(data_dir, 'meta.json'), os.path.join(data_dir, 'meta.pkl')
+    if os.path.exists(json_path):
+        with open(json_path) as f:
+            try:
+                meta = json.load(f)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{json_path} is not valid JSON ({e}); prepare the dataset again") from None
+        if not {'tokenizer', 'vocab_size'} <= meta.keys() or (meta['tokenizer'] == 'char' and 'itos' not in meta):
+            raise UserError(f"{json_path} lacks 'tokenizer', 'vocab_size' or (char-level) 'itos'; prepare the dataset again")
+    elif os.path.exists(pkl_path):  # nanoGPT's format: a trusted file written by its prepare.py
+        with open(pkl_path, 'rb') as f:
+            meta = pickle.load(f)
+        meta = {'tokenizer': 'char', 'vocab_size': meta['vocab_size'], 'dtype': 'uint16',
+                'itos': [meta['itos'][i] for i in range(meta['vocab_size'])]}
+    else:  # nanoGPT's openwebtext and shakespeare prepare scripts write no meta: GPT-2 BPE
+        meta = {'tokenizer': 'gpt2', 'vocab_size': 50257, 'dtype': 'uint16'}
+    vocab = {'tokenizer': meta['tokenizer'], 'vocab_size': meta['vocab_size'], 'dtype': meta.get('dtype', 'uint16')}
+    if meta['tokenizer'] == 'char':
+        vocab['itos'] = meta['itos']
+    return vocab
+
+
+def model_vocab_size(vocab):
+    # BPE vocabularies are padded up to a multiple of 64 (50257 -> 50304), which makes the
+    # lm_head matmul markedly faster on GPUs; a char model keeps its exact vocabulary so its
+    # loss at init is ln(vocab_size) and its numbers compare with nanoGPT's.
+    n = vocab['vocab_size']
+    return n if vocab['tokenizer'] == 'char' else (n + 63) // 64 * 64
+
+
+def check_token_file(path, dtype, block_size, dataset):
+    if not os.path.exists(path):
+        raise UserError(f"{path} not found: prepare the dataset first with "
+                        f"`python data/{dataset}/prepare.py`")
+    itemsize = np.dtype(dtype).itemsize
+    size = os.path.getsize(path)
+    if size % itemsize:
+        raise UserError(f"{path} has {size} bytes, not a multiple of {itemsize} ({dtype}): "
+                        f"the file is truncated or meta.json's dtype is wrong; prepare the dataset again")
+    if size // itemsize < block_size + 1:
+        raise UserError(f"{path} holds {size // itemsize} tokens, too few for block_size={block_size} "
+                        f"(need at least {block_size + 1}); use a smaller block_size or more data")
+
+
+class RandomBatches:
+    """Batches of random windows from a token file, nanoGPT's "poor man's data loader".
+
+    y is x shifted by one token. The offsets come from `generator`, so the generator's
+    state is the loader's position: saving it in a checkpoint resumes the exact stream.
+    """
+
+    def __init__(self, path, dtype, block_size, batch_size, device, generator):
+        self.path, self.dtype = path, dtype
+        self.block_size, self.batch_size = block_size, batch_size
+        self.device, self.generator = device, generator
+        self.offsets = np.arange(block_size + 1)
+
+    def next(self):
+        # A fresh memmap per batch: one long-lived memmap keeps every page it touched
+        # mapped, and the process's memory grows over a long run.
+        data = np.memmap(self.path, dtype=self.dtype, mode='r')
+        ix = torch.randint(len(data) - self.block_size, (self.batch_size,), generator=self.generator)
+        windows = torch.from_numpy(data[ix.numpy()[:, None] + self.offsets].astype(np.int64))
+        x, y = windows[:, :-1].contiguous(), windows[:, 1:].contiguous()
+        if self.device.startswith('cuda'):
+            # pinned memory lets the copy to the GPU run asynchronously (non_blocking=True)
+            return (x.pin_memory().to(self.device, non_blocking=True),
+                    y.pin_memory().to(self.device, non_blocking=True))
+        return x.to(self.device), y.to(self.device)
+
+
+# -----------------------------------------------------------------------------
+# the model
+
+def architecture_config(model_args):
+    """GPTConfig(**model_args), with an impossible architecture reported in one line."""
+    try:
+        return GPTConfig(**model_args)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+
+
+def build_model(init_from, out_dir, model_args, log=None):
+    """(model, checkpoint or None) for init_from:
+    - 'scratch': a new GPT with model_args (every GPTConfig field);
+    - 'resume' (out_dir/ckpt.pt) or a checkpoint file: the architecture and weights it holds;
+    - 'gpt2', 'gpt2-medium', ... or a Hugging Face directory: OpenAI's GPT-2 weights, which
+      refuse any architecture option in model_args that is not GPT-2's.
+    model_args['dropout'] applies in every case. The model stays on the CPU."""
+    log = log or (lambda *args: None)
+    dropout = model_args.get('dropout', 0.0)
+    if init_from == 'scratch':
+        log("initializing a new model from scratch")
+        return GPT(architecture_config(model_args)), None
+    if init_from == 'resume' or os.path.isfile(init_from):
+        path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
+        log(f"{'resuming training' if init_from == 'resume' else 'initializing'} from {path}")
+        # on the CPU: the random states must stay there; weights and moments move with the model
+        ckpt = checkpoint.load(path, map_location='cpu')
+        model = GPT(architecture_config({**architecture_of(ckpt['model_args']), 'dropout': dropout}))
+        model.load_state_dict(ckpt['model'])
+        return model, ckpt
+    if init_from.startswith('gpt2') or os.path.isdir(init_from):
+        log(f"initializing from OpenAI GPT-2 weights: {init_from}")
+        return load_gpt2(init_from, {k: v for k, v in model_args.items() if k in ('dropout', *OPTIONS)}), None
+    raise ConfigError(f"init_from must be 'scratch', 'resume', 'gpt2*' or an existing checkpoint "
+                      f"file or directory, got {init_from!r}")
+
+
+def load_gpt2(name, override_args):
+    """OpenAI's GPT-2 weights ('gpt2' ... 'gpt2-xl') or a local Hugging Face GPT-2 directory."""
+    try:
+        return GPT.from_pretrained(name, override_args)
+    except ValueError as e:  # an architecture option that GPT-2's weights cannot have, before any download
+        raise ConfigError(str(e)) from None
+    except ImportError:
+        raise UserError("GPT-2 weights need the transformers package: pip install transformers") from None
+    except OSError as e:  # an unknown name, no network, or a directory without a GPT-2 checkpoint
+        raise UserError(f"cannot load GPT-2 weights {name!r}: {str(e).splitlines()[0]}") from None
