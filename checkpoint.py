@@ -92,7 +92,7 @@ def check_json(metadata):
 def inference_state(ckpt):
     """The part of a checkpoint that sampling and fine-tuning need: about a third of the size
     of a full checkpoint, which also holds AdamW's two moments for every weight."""
-    keep = ('model', 'model_args', 'vocab', 'config', 'iter_num', 'best_val_loss', 'format_version')
+    keep = ('model', 'model_args', 'vocab', 'config', 'provenance', 'iter_num', 'best_val_loss', 'format_version')
     return {k: ckpt[k] for k in keep if k in ckpt}
 
 

@@ -11,6 +11,7 @@ from contextlib import nullcontext
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 import checkpoint
 from configurator import ConfigError, UserError
@@ -127,6 +128,24 @@ class RandomBatches:
             return (x.pin_memory().to(self.device, non_blocking=True),
                     y.pin_memory().to(self.device, non_blocking=True))
         return x.to(self.device), y.to(self.device)
+
+
+def sequential_batches(path, dtype, block_size, batch_size, device, rank=0, world_size=1, progress=False):
+    """Every token of a file but the first predicted exactly once, in order: (x, y) batches of
+    consecutive windows of block_size tokens, the last window shorter, in a batch of its own.
+    Rank r of world_size takes every world_size-th batch, so the ranks' sums add up to the whole."""
+    data = np.memmap(path, dtype=dtype, mode='r')
+    n_full = (len(data) - 1) // block_size
+    starts = np.arange(n_full) * block_size
+    batches = [starts[i:i + batch_size] for i in range(0, n_full, batch_size)]
+    if n_full * block_size < len(data) - 1:
+        batches.append(None)  # the short window at the end
+    offsets = np.arange(block_size + 1)
+    for batch in tqdm(batches[rank::world_size], desc=f"whole {os.path.basename(path)}", disable=not progress,
+                      leave=False):
+        windows = data[batch[:, None] + offsets] if batch is not None else data[n_full * block_size:][None]
+        windows = torch.from_numpy(windows.astype(np.int64))
+        yield windows[:, :-1].contiguous().to(device), windows[:, 1:].contiguous().to(device)
 
 
 # -----------------------------------------------------------------------------

@@ -4,9 +4,11 @@ Sample from a trained model (or from OpenAI's GPT-2 weights):
 $ python sample.py --out_dir=out-shakespeare-char
 $ python sample.py --init_from=gpt2-xl --start="What is the answer to life?" --stream=True
 $ python sample.py --init_from=out/model.pt --start=FILE:prompt.txt --top_p=0.9
+$ python sample.py --out_dir=out --snapshots=True --num_samples=1   # the same prompt from every ckpt_*.pt
 """
 
 import codecs
+import glob
 import os
 import re
 import sys
@@ -32,6 +34,7 @@ top_k = 200  # retain only the top_k most likely tokens (None: all)
 top_p = 1.0  # retain the smallest set of tokens whose probabilities sum to top_p (nucleus sampling; 1.0: all)
 kv_cache = True  # reuse past keys/values: same tokens, much faster; False recomputes the context every step
 stream = False  # print each token as it is generated
+snapshots = False  # sample from every milestone snapshot out_dir/ckpt_*.pt in turn, same seed: watch the model learn
 seed = 1337
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps'; auto: cuda if available, else mps, else cpu
 dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float16 on older GPUs, float32 on CPU
@@ -87,16 +90,16 @@ class Codec:
         yield utf8.decode(b'', final=True)
 
 
-def load_model(cfg):
+def load_model(init_from, out_dir):
     """The model and its vocabulary, from a checkpoint or from GPT-2 weights."""
-    if cfg.init_from == 'scratch':
+    if init_from == 'scratch':
         raise ConfigError("init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got 'scratch'")
-    model, ckpt = build_model(cfg.init_from, cfg.out_dir, {'dropout': 0.0})
+    model, ckpt = build_model(init_from, out_dir, {'dropout': 0.0})
     if ckpt is None:  # OpenAI's GPT-2
         return model, {'tokenizer': 'gpt2', 'vocab_size': 50257}
     vocab = ckpt.get('vocab')
     if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
-        path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
+        path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
         data_dir = os.path.join('data', ckpt.get('config', {}).get('dataset', ''))
         vocab = read_vocab(data_dir)
         n_outputs = model.config.vocab_size
@@ -117,22 +120,19 @@ def check_sampling(cfg):
         raise ConfigError("num_samples and max_new_tokens must be at least 1")
 
 
-def main(argv):
-    cfg = SimpleNamespace(**configurator.configure(DEFAULTS, argv))
-    check_sampling(cfg)
-    device = resolve_device(cfg.device)
-    device_type = device.split(':')[0]
-    autocast = autocast_context(device_type, resolve_dtype(cfg.dtype, device_type))
-    torch.manual_seed(cfg.seed)
+def snapshot_paths(out_dir):
+    """The milestone snapshots (ckpt_0001000.pt, ...) of a run, in the order they were written."""
+    paths = glob.glob(os.path.join(glob.escape(out_dir), 'ckpt_*.pt'))
+    paths = [p for p in paths if os.path.basename(p)[5:-3].isdigit()]
+    if not paths:
+        raise UserError(f"no snapshots (ckpt_*.pt) in {out_dir}: train with --ckpt_every=N or --ckpt_iters=[...] "
+                        f"to keep them")
+    return sorted(paths, key=lambda p: int(os.path.basename(p)[5:-3]))
 
-    model, vocab = load_model(cfg)
-    model.eval()
-    model.to(device)
-    if cfg.compile:  # what runs once per token, with or without the KV cache
-        model.forward = torch.compile(model.forward, dynamic=True)
-    codec = Codec(vocab)
 
-    prompt = cfg.start
+def encode_prompt(start, codec, device):
+    """The prompt's text (from --start, or the file that FILE:path names) and its ids, (1, t)."""
+    prompt = start
     if prompt.startswith('FILE:'):
         path = prompt[5:]
         if not os.path.isfile(path):
@@ -142,24 +142,46 @@ def main(argv):
     start_ids = codec.encode(prompt)
     if not start_ids:
         raise UserError("the prompt is empty; pass some text with --start")
-    x = torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
+    return prompt, torch.tensor(start_ids, dtype=torch.long, device=device)[None, ...]
 
-    n_tokens, t0 = 0, time.time()
-    with torch.inference_mode(), autocast:
-        for _ in range(cfg.num_samples):
-            tokens = model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
-                                           cfg.top_p, kv_cache=cfg.kv_cache, vocab_size=vocab['vocab_size'])
-            if cfg.stream:
-                print(prompt, end='', flush=True)
-                for piece in codec.decode_stream(token.item() for token in tokens):
-                    print(piece, end='', flush=True)
-                print()
-            else:  # keep the tokens on the device until the end: no host sync per step
-                print(prompt + codec.decode(torch.cat(list(tokens), dim=1)[0].tolist()))
-            print('---------------')
-            n_tokens += cfg.max_new_tokens
-    dt = time.time() - t0
-    print(f"generated {n_tokens} tokens in {dt:.2f}s ({n_tokens / dt:.1f} tokens/s, "
+
+def main(argv):
+    cfg = SimpleNamespace(**configurator.configure(DEFAULTS, argv))
+    check_sampling(cfg)
+    device = resolve_device(cfg.device)
+    device_type = device.split(':')[0]
+    autocast = autocast_context(device_type, resolve_dtype(cfg.dtype, device_type))
+    torch.manual_seed(cfg.seed)
+
+    sources = snapshot_paths(cfg.out_dir) if cfg.snapshots else [cfg.init_from]
+    n_tokens, generation_time = 0, 0.0
+    for source in sources:
+        model, vocab = load_model(source, cfg.out_dir)
+        model.eval()
+        model.to(device)
+        if cfg.compile:  # what runs once per token, with or without the KV cache
+            model.forward = torch.compile(model.forward, dynamic=True)
+        codec = Codec(vocab)
+        prompt, x = encode_prompt(cfg.start, codec, device)
+        if cfg.snapshots:
+            torch.manual_seed(cfg.seed)  # every snapshot gets the same random draws
+            print(f"=== {os.path.basename(source)}: iteration {int(os.path.basename(source)[5:-3])} ===")
+        t0 = time.time()
+        with torch.inference_mode(), autocast:
+            for _ in range(cfg.num_samples):
+                tokens = model.generate_tokens(x, cfg.max_new_tokens, cfg.temperature, cfg.top_k,
+                                               cfg.top_p, kv_cache=cfg.kv_cache, vocab_size=vocab['vocab_size'])
+                if cfg.stream:
+                    print(prompt, end='', flush=True)
+                    for piece in codec.decode_stream(token.item() for token in tokens):
+                        print(piece, end='', flush=True)
+                    print()
+                else:  # keep the tokens on the device until the end: no host sync per step
+                    print(prompt + codec.decode(torch.cat(list(tokens), dim=1)[0].tolist()))
+                print('---------------')
+                n_tokens += cfg.max_new_tokens
+        generation_time += time.time() - t0
+    print(f"generated {n_tokens} tokens in {generation_time:.2f}s ({n_tokens / generation_time:.1f} tokens/s, "
           f"kv_cache={cfg.kv_cache})", file=sys.stderr)
 
 

@@ -13,7 +13,6 @@ import json
 import math
 import os
 import re
-import subprocess
 import sys
 import time
 from types import SimpleNamespace
@@ -26,8 +25,9 @@ import configurator
 import distributed
 from configurator import ConfigError, UserError
 from loading import (RandomBatches, architecture_config, autocast_context, build_model, check_token_file,
-                     model_vocab_size, read_vocab, resolve_device, resolve_dtype)
+                     model_vocab_size, read_vocab, resolve_device, resolve_dtype, sequential_batches)
 from model import ARCHITECTURE, check_gpt2_compatible, device_peak_flops
+from runlog import RunLog, provenance
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -42,10 +42,12 @@ init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*', or a checkpoint file / Hu
 ckpt_iters = []  # keep a permanent snapshot (ckpt_0010000.pt) at these iterations...
 ckpt_every = 0  # ...and/or every this many iterations (0: off)
 keep_last = 0  # keep only the newest N snapshots (0: keep them all)
-# wandb logging
+eval_full_val = False  # at the end, the loss on the whole val set, deterministically (val_loss_full in the log)
+# out_dir/log.jsonl always records the run (see runlog.py); dashboards are optional
 wandb_log = False
 wandb_project = 'owt'
 wandb_run_name = 'gpt2'
+tensorboard_log = False  # TensorBoard event files in out_dir/tensorboard
 # data
 dataset = 'openwebtext'
 gradient_accumulation_steps = 5 * 8  # used to simulate larger batch sizes; summed over all ranks
@@ -137,17 +139,6 @@ def check_writable(directory):
         raise UserError(f"out_dir {directory} is not writable ({e.strerror}); choose another --out_dir") from None
 
 
-def code_version():
-    """The git commit of this code (with '+dirty' for local changes), logged with every run."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    try:
-        rev = subprocess.run(['git', 'describe', '--always', '--dirty=+dirty'], cwd=here,
-                             capture_output=True, text=True, timeout=10).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        rev = ''
-    return rev or 'unknown'
-
-
 def main(argv):
     cfg = SimpleNamespace(**configurator.configure(DEFAULTS, argv))
     check_config(cfg)
@@ -169,7 +160,8 @@ def main(argv):
     tokens_per_iter = grad_accum * launch.world_size * cfg.batch_size * cfg.block_size
     if master:
         check_writable(cfg.out_dir)
-    print0(f"code {code_version()}, launched as {launch.launcher} with {launch.world_size} rank(s) on {device}")
+    run_info = provenance(device)
+    print0(f"code {run_info['code_version']}, launched as {launch.launcher} with {launch.world_size} rank(s) on {device}")
     print0(f"config {json.dumps(vars(cfg))}")
     print0(f"tokens per iteration will be: {tokens_per_iter:,}")
 
@@ -280,6 +272,23 @@ def main(argv):
         model.train()
         return out
 
+    @torch.no_grad()
+    def whole_split_loss(split):
+        """Mean loss over every token of the split, each predicted once (consecutive windows of
+        block_size): deterministic, unlike estimate_loss's random batches. Shared among the ranks."""
+        model.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, tokens
+        path = os.path.join(data_dir, f'{split}.bin')
+        for X, Y in sequential_batches(path, vocab['dtype'], cfg.block_size, cfg.batch_size, device,
+                                       launch.rank, launch.world_size, progress=master):
+            with autocast:
+                _, loss = model(X, Y)
+            total += torch.stack((loss.double() * Y.numel(), torch.tensor(Y.numel(), device=device)))
+        if launch.ddp:
+            torch.distributed.all_reduce(total)
+        model.train()
+        return (total[0] / total[1]).item()
+
     def get_lr(it):
         if not cfg.decay_lr:
             return cfg.learning_rate
@@ -326,6 +335,7 @@ def main(argv):
                 'iter_num': iter_num,
                 'best_val_loss': best_val_loss,
                 'config': checkpoint.check_json(vars(cfg)),
+                'provenance': checkpoint.check_json(run_info),
                 'vocab': checkpoint.check_json(vocab),
                 'rng': all_rng,
                 'format_version': checkpoint.FORMAT_VERSION,
@@ -358,8 +368,10 @@ def main(argv):
         except ImportError:
             raise UserError("wandb_log=True needs the wandb package: pip install wandb, or pass --wandb_log=False") from None
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
-    peak_flops = device_peak_flops(device, cfg.dtype)
     start_iter = iter_num
+    log = RunLog(cfg.out_dir, {**vars(cfg), 'n_params': raw_model.get_num_params()}, run_info, start_iter,
+                 enabled=master, wandb_run=wandb, tensorboard=cfg.tensorboard_log)
+    peak_flops = device_peak_flops(device, cfg.dtype)
     stop = None  # the signal that ended the run early, if any
     running_mfu = None
     loss_sum = torch.zeros((), device=device)
@@ -375,9 +387,7 @@ def main(argv):
             check_finite(iter_num)
             losses = estimate_loss()
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
-            if wandb:
-                wandb.log({"iter": iter_num, "train/loss": losses['train'], "val/loss": losses['val'],
-                           "lr": lr, "mfu": (running_mfu or 0) * 100})
+            log.write(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
             if losses['val'] < best_val_loss or cfg.always_save_checkpoint:
                 best_val_loss = min(best_val_loss, losses['val'])
                 if iter_num > start_iter:
@@ -427,6 +437,8 @@ def main(argv):
             mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu is not None else "n/a"
             print0(f"iter {iter_num - 1}: loss {lossf:.4f}, time {dt * 1000:.2f}ms, "
                    f"tok/s {tokens_per_iter / dt:,.0f}, mfu {mfu_text}")
+            log.write(iter=iter_num - 1, loss=lossf, lr=lr, ms_per_iter=dt * 1000, tokens_per_s=tokens_per_iter / dt,
+                      mfu=running_mfu)
             loss_sum.zero_()
             t_log, iters_since_log, iters_timed = time.time(), 0, 0
 
@@ -439,7 +451,12 @@ def main(argv):
                 save_checkpoint(f'ckpt_{iter_num:07d}.pt')
             break
 
+    if cfg.eval_full_val and not stop:
+        val_loss_full = whole_split_loss('val')
+        print0(f"val loss on the whole val set: {val_loss_full:.4f}")
+        log.write(iter=iter_num, val_loss_full=val_loss_full)
     print0(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}")
+    log.close()
     if wandb:
         wandb.finish()
     distributed.cleanup(launch)

@@ -70,4 +70,17 @@ def test_imported_constants_are_not_config_keys():
 def test_every_config_file_in_the_repository_applies_to_train_py():
     from train import DEFAULTS as TRAIN_DEFAULTS
     for config_file in sorted((REPO / 'config').glob('*.py')):
-        configure(TRAIN_DEFAULTS, [str(config_file)])
+        if not config_file.name.startswith('sweep_'):
+            configure(TRAIN_DEFAULTS, [str(config_file)])
+
+
+def test_every_sweep_file_names_train_py_keys_only(monkeypatch):
+    from sweep import as_argument, expand, read_sweep_file
+    from train import DEFAULTS as TRAIN_DEFAULTS
+    monkeypatch.chdir(REPO)  # sweep files name their base config relative to the repository
+    sweep_files = sorted((REPO / 'config').glob('sweep_*.py'))
+    assert len(sweep_files) >= 3
+    for sweep_file in sweep_files:
+        spec = read_sweep_file(str(sweep_file))
+        for overrides in expand(spec.get('runs'), spec.get('grid', {})).values():
+            configure(TRAIN_DEFAULTS, [*spec['base'], *(as_argument(k, v) for k, v in overrides.items())])

@@ -19,7 +19,8 @@ import torch
 
 import checkpoint
 from conftest import REPO, TINY_MODEL, run_script
-from train import RandomBatches
+from loading import RandomBatches
+from runlog import read_log
 
 TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4',
          '--log_interval=1', '--learning_rate=3e-3', '--warmup_iters=5', '--lr_decay_iters=40',
@@ -108,10 +109,15 @@ EXACT = [*TRAIN, '--max_iters=40', '--dropout=0.1', '--always_save_checkpoint=Tr
 
 @pytest.fixture(scope='module')
 def uninterrupted(shakespeare_workdir, tmp_path_factory):
-    """The reference for exact resume: a 40-iteration run, its checkpoint and its log."""
+    """The reference for exact resume: a 40-iteration run, its checkpoint, its printed log and its log.jsonl."""
     out = tmp_path_factory.mktemp('uninterrupted')
     log = run_script('train.py', *EXACT, f'--out_dir={out}', cwd=shakespeare_workdir).stdout
-    return checkpoint.load(out / 'ckpt.pt'), log
+    return checkpoint.load(out / 'ckpt.pt'), log, read_log(out / 'log.jsonl')
+
+
+def logged_numbers(entries):
+    """log.jsonl entries without what differs between two runs of the same computation: timings."""
+    return [{k: v for k, v in e.items() if k not in ('wall_s', 'ms_per_iter', 'tokens_per_s', 'mfu')} for e in entries]
 
 
 @pytest.mark.parametrize('kill_after', [12, 26, 33])
@@ -131,12 +137,17 @@ def test_resume_after_sigkill_is_bitwise_identical(trained, uninterrupted, tmp_p
     assert 10 <= killed_at < 40
 
     resumed_log = run_script('train.py', *args, f'--out_dir={out}', '--init_from=resume', cwd=trained).stdout
-    (reference, reference_log), resumed = uninterrupted, checkpoint.load(out / 'ckpt.pt')
+    (reference, reference_log, reference_entries), resumed = uninterrupted, checkpoint.load(out / 'ckpt.pt')
     assert resumed['iter_num'] == reference['iter_num'] == 40
     for name, weights in reference['model'].items():
         assert torch.equal(resumed['model'][name], weights), name
     expected = {k: v for k, v in losses_in(reference_log).items() if k[1] >= killed_at}
     assert losses_in(resumed_log) == expected
+    # log.jsonl continues where the checkpoint left off: every iteration once, with the same numbers
+    entries = read_log(out / 'log.jsonl')
+    assert logged_numbers(entries) == logged_numbers(reference_entries)
+    wall = [e['wall_s'] for e in entries]
+    assert wall == sorted(wall)  # the resumed run's clock continues from the last line kept
 
 
 SAVER = """

@@ -1,0 +1,126 @@
+"""
+A run's own record, beside its checkpoints, for plot.py, sweep.py and anyone with a text editor:
+
+- out_dir/log.jsonl: one JSON object per line, at every log step (iter, loss, lr, ms_per_iter,
+  tokens_per_s, mfu, wall_s) and every evaluation (iter, train_loss, val_loss, lr, wall_s), and
+  val_loss_full when the whole val set is evaluated at the end. Each line is flushed as it is
+  written, so a crash loses at most the line being written.
+- out_dir/config.json: the run's full config and where it ran: code version (with the diff of a
+  dirty tree), torch, CUDA, device, host.
+
+A resumed run continues the log where its checkpoint left off: the lines of iterations after
+the checkpoint, which the resumed run computes again, are dropped first, so no iteration is
+missing or logged twice, and wall_s continues from the last line kept. The same numbers go to
+wandb and TensorBoard when asked for; neither is required.
+"""
+
+import json
+import os
+import platform
+import socket
+import subprocess
+import time
+
+import torch
+
+from configurator import UserError
+
+
+def code_version():
+    """The git commit of this code (with '+dirty' for local changes), logged with every run."""
+    return _git('describe', '--always', '--dirty=+dirty') or 'unknown'
+
+
+def provenance(device):
+    """Where a run's numbers come from: the code, its uncommitted changes, the software and hardware."""
+    version = code_version()
+    info = {
+        'code_version': version,
+        'python': platform.python_version(),
+        'torch': torch.__version__,
+        'cuda': torch.version.cuda,
+        'device': torch.cuda.get_device_name(device) if str(device).startswith('cuda') else str(device),
+        'host': socket.gethostname(),
+        'started': time.strftime('%Y-%m-%dT%H:%M:%S%z'),
+    }
+    if version.endswith('+dirty'):
+        info['git_diff'] = _git('diff', 'HEAD')
+    return info
+
+
+def _git(*args):
+    here = os.path.dirname(os.path.abspath(__file__))
+    try:
+        return subprocess.run(['git', *args], cwd=here, capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ''
+
+
+def read_log(path):
+    """The entries of a log.jsonl; a line cut short by a crash is skipped."""
+    entries = []
+    with open(path) as f:
+        for line in f:
+            try:
+                entries.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+    return entries
+
+
+class RunLog:
+    """Writes log.jsonl and config.json (rank 0 only: the others pass enabled=False)."""
+
+    def __init__(self, out_dir, config, provenance, start_iter, enabled=True, wandb_run=None, tensorboard=False):
+        self.enabled = enabled
+        if not enabled:
+            return
+        self.path = os.path.join(out_dir, 'log.jsonl')
+        kept = [e for e in read_log(self.path) if e['iter'] < start_iter] if os.path.exists(self.path) else []
+        _write_atomically(self.path, ''.join(json.dumps(e) + '\n' for e in kept))
+        _write_atomically(os.path.join(out_dir, 'config.json'),
+                          json.dumps({'config': config, 'provenance': provenance}, indent=2) + '\n')
+        self.file = open(self.path, 'a')
+        self.wall_offset = max((e.get('wall_s', 0.0) for e in kept), default=0.0)
+        self.t0 = time.time()
+        self.wandb = wandb_run
+        self.tensorboard = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("tensorboard_log=True needs the tensorboard package: pip install tensorboard, "
+                                "or pass --tensorboard_log=False") from None
+            # purge_step: a resumed run replaces the events after its checkpoint, as in log.jsonl
+            self.tensorboard = SummaryWriter(os.path.join(out_dir, 'tensorboard'), purge_step=start_iter)
+
+    def write(self, **entry):
+        """Append one entry (iter plus numbers; None values are left out)."""
+        if not self.enabled:
+            return
+        entry = {k: v for k, v in entry.items() if v is not None}
+        entry['wall_s'] = round(self.wall_offset + time.time() - self.t0, 3)
+        self.file.write(json.dumps(entry) + '\n')
+        self.file.flush()
+        metrics = {k: v for k, v in entry.items() if k != 'iter'}
+        if self.wandb:
+            self.wandb.log(metrics, step=entry['iter'])
+        if self.tensorboard:
+            for key, value in metrics.items():
+                self.tensorboard.add_scalar(key, value, entry['iter'])
+            self.tensorboard.flush()
+
+    def close(self):
+        if self.enabled:
+            self.file.close()
+            if self.tensorboard:
+                self.tensorboard.close()
+
+
+def _write_atomically(path, text):
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, 'w') as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

@@ -1,0 +1,110 @@
+"""Experiments as a user runs them: the run log and its config, plot.py, sweep.py (with a failing
+run, a kill and a restart), sampling across snapshots, and TensorBoard logging."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import REPO, TINY_MODEL, run_script
+from runlog import read_log
+
+TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4', '--log_interval=5',
+         '--learning_rate=3e-3', '--warmup_iters=5', '--lr_decay_iters=40', '--gradient_accumulation_steps=1']
+PNG_SIGNATURE = b'\x89PNG\r\n\x1a\n'
+
+
+@pytest.fixture(scope='module')
+def run_with_snapshots(shakespeare_workdir):
+    """A 20-iteration run with snapshots at 10 and 20, TensorBoard events, and the whole val set evaluated."""
+    run_script('train.py', *TRAIN, '--max_iters=20', '--out_dir=out-exp', '--ckpt_every=10', '--eval_full_val=True',
+               '--tensorboard_log=True', cwd=shakespeare_workdir)
+    return shakespeare_workdir / 'out-exp'
+
+
+def test_run_log_records_every_log_and_eval_step_and_the_config(run_with_snapshots):
+    entries = read_log(run_with_snapshots / 'log.jsonl')
+    assert [e['iter'] for e in entries if 'loss' in e] == [4, 9, 14, 19]
+    assert [e['iter'] for e in entries if 'val_loss' in e] == [0, 10, 20]
+    assert set(entries[1]) == {'iter', 'loss', 'lr', 'ms_per_iter', 'tokens_per_s', 'wall_s'}  # mfu: none on a CPU
+    assert entries[-1]['iter'] == 20 and 3.0 < entries[-1]['val_loss_full'] < 4.5
+    saved = json.loads((run_with_snapshots / 'config.json').read_text())
+    assert saved['config']['max_iters'] == 20 and saved['config']['n_params'] > 0
+    assert saved['provenance']['torch'] and saved['provenance']['code_version']
+
+
+def test_tensorboard_gets_the_same_numbers(run_with_snapshots):
+    event_accumulator = pytest.importorskip('tensorboard.backend.event_processing.event_accumulator')
+    events = event_accumulator.EventAccumulator(str(run_with_snapshots / 'tensorboard'))
+    events.Reload()
+    entries = read_log(run_with_snapshots / 'log.jsonl')
+    logged = {e['iter']: e['val_loss'] for e in entries if 'val_loss' in e}
+    assert {s.step: pytest.approx(s.value) for s in events.Scalars('val_loss')} == logged
+    assert [s.step for s in events.Scalars('loss')] == [4, 9, 14, 19]
+
+
+def test_plot_writes_a_png_and_refuses_a_missing_log(run_with_snapshots, tmp_path):
+    run_script('plot.py', run_with_snapshots, '--output', tmp_path / 'loss.png', cwd=tmp_path)
+    assert (tmp_path / 'loss.png').read_bytes()[:8] == PNG_SIGNATURE
+    proc = run_script('plot.py', tmp_path / 'nothing', cwd=tmp_path, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: no log at {tmp_path / 'nothing' / 'log.jsonl'}: is {tmp_path / 'nothing'} the out_dir of a train.py run?"]
+
+
+def test_sampling_across_snapshots_labels_each_with_its_iteration(run_with_snapshots):
+    args = ['--out_dir=out-exp', '--snapshots=True', '--device=cpu', '--num_samples=1', '--max_new_tokens=30',
+            '--start=ROMEO:']
+    out = run_script('sample.py', *args, cwd=run_with_snapshots.parent).stdout
+    assert [line for line in out.splitlines() if line.startswith('===')] == [
+        '=== ckpt_0000010.pt: iteration 10 ===', '=== ckpt_0000020.pt: iteration 20 ===']
+    samples = [part.split('---------------')[0] for part in out.split('===')[2::2]]
+    assert len(samples) == 2 and samples[0] != samples[1] and all('ROMEO:' in s for s in samples)
+    # same seed for every snapshot: the run again gives the same text
+    assert run_script('sample.py', *args, cwd=run_with_snapshots.parent).stdout == out
+    none = run_script('sample.py', '--out_dir=nowhere', '--snapshots=True', cwd=run_with_snapshots.parent, check=False)
+    assert none.returncode == 1 and 'no snapshots (ckpt_*.pt) in nowhere' in none.stderr
+
+
+SWEEP_FILE = f"""
+base = {[*TRAIN, '--max_iters=60']!r}
+runs = {{'small': {{'n_embd': 32}}, 'wider': {{'n_embd': 48, 'n_head': 2}}, 'broken': {{'norm': 'batchnorm'}}}}
+"""
+
+
+@pytest.mark.slow
+def test_sweep_reports_every_run_and_a_restart_skips_the_finished_ones(shakespeare_workdir, tmp_path):
+    sweep_file = tmp_path / 'sweep_tiny.py'
+    sweep_file.write_text(SWEEP_FILE)
+    out = tmp_path / 'sweep'
+    command = [sys.executable, str(REPO / 'sweep.py'), str(sweep_file), f'--out_dir={out}']
+
+    # kill the sweep (and its run) once the second run has written a checkpoint
+    proc = subprocess.Popen(command, cwd=shakespeare_workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, start_new_session=True)
+    deadline = time.time() + 300
+    while not (out / 'wider' / 'ckpt.pt').exists():
+        assert proc.poll() is None and time.time() < deadline, proc.stdout.read()
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    first = read_log(out / 'small' / 'log.jsonl')
+
+    restarted = subprocess.run(command, cwd=shakespeare_workdir, capture_output=True, text=True, timeout=300)
+    assert restarted.returncode == 1  # one run failed
+    assert 'small: finished before, skipped' in restarted.stdout
+    assert 'resuming wider' in restarted.stdout
+    assert read_log(out / 'small' / 'log.jsonl') == first  # not run again
+    table = (out / 'results.md').read_text()
+    assert table == restarted.stdout[restarted.stdout.index('| run |'):].split('wrote')[0]
+    rows = {line.split('|')[1].strip(): line for line in table.splitlines()[2:]}
+    assert set(rows) == {'small', 'wider', 'broken'}
+    assert rows['small'].endswith('| done |') and rows['wider'].endswith('| done |')
+    assert "norm must be one of 'layernorm', 'rmsnorm', 'none', got 'batchnorm'" in rows['broken']
+    wider = read_log(out / 'wider' / 'log.jsonl')
+    assert [e['iter'] for e in wider if 'loss' in e] == list(range(4, 60, 5))  # resumed: none missing or twice
+    assert (out / 'loss.png').read_bytes()[:8] == PNG_SIGNATURE
+    assert restarted.stderr.strip().splitlines() == ["error: 1 of 3 runs failed: broken (see the table)"]
