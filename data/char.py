@@ -33,7 +33,7 @@ from data.pipeline import (SEPARATOR, Output, Speed, UserError, Workers, choose_
 
 # Measured with bench/prepare_char.py (TinyStories; README "Choosing the workers"), for --num_workers auto.
 # No threads: bytes.translate and the splits hold the GIL.
-SPEED = Speed(mb_per_s=200.0, ray_efficiency=0.8)
+SPEED = Speed(mb_per_s=165.0, ray_efficiency=0.6)
 SEP = SEPARATOR.encode()
 NO_INT = np.zeros(0, np.int64)
 

@@ -360,7 +360,7 @@ def chunk_documents(chunk):
 # Import Ray, start a local Ray with its workers, shut it down: what a run on Ray pays before and after
 # its first chunk, measured with bench/prepare_char.py on the machine in the README ("Choosing the
 # workers"). A running cluster (--ray_address) pays none of it.
-RAY_FIXED_S = 4.5
+RAY_FIXED_S = 6.7
 
 
 class Speed(NamedTuple):

@@ -29,10 +29,10 @@ def test_auto_picks_the_fastest_by_the_measured_figures():
                                 choose_workers(cpus, n_bytes, speed, cpus=cpus)]
                 best = min(predicted_seconds(p, n_bytes, speed) for p in alternatives)
                 assert predicted_seconds(plan, n_bytes, speed) <= best * (1 + 1e-9), (speed, cpus, n_bytes, plan)
-    # char on 2 CPUs: 1 GB stays in this process, 10 GB goes to Ray on every CPU; more CPUs, a lower threshold
-    assert choose_workers('auto', 1e9, SPEED, cpus=2)[:2] == ('process', 1)
-    assert choose_workers('auto', 1e10, SPEED, cpus=2)[:2] == ('ray', 2)
-    assert choose_workers('auto', 1e9, SPEED, cpus=64)[:2] == ('ray', 64)
+    # on 2 CPUs 3 GB stays in this process and 30 GB goes to Ray on every CPU; more CPUs, a lower threshold
+    assert choose_workers('auto', 3e9, SPEED, cpus=2)[:2] == ('process', 1)
+    assert choose_workers('auto', 3e10, SPEED, cpus=2)[:2] == ('ray', 2)
+    assert choose_workers('auto', 3e9, SPEED, cpus=64)[:2] == ('ray', 64)
     assert choose_workers('auto', 1e9, SPEED, cpus=1)[:2] == ('process', 1)
     # threads that scale as well as Ray are always preferred on one machine: no start-up to pay
     assert choose_workers('auto', 1e11, Speed(10.0, 0.85, gil_share=0.0), cpus=4)[:2] == ('threads', 4)
