@@ -71,6 +71,7 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
 def main():
     p = harness.parser(__doc__, '200M', '4M', 'bench_prepare_bpe', 'skip the tiktoken reference')
     args = p.parse_args()
+    harness.WAIT_IDLE = args.wait_idle
     if args._child:
         return run_variant(args._child, args._corpus, args._workers, args.chunk_size, args._out)
 

@@ -75,6 +75,7 @@ def main():
     p = harness.parser(__doc__, '256M', '8M', 'bench_prepare_char',
                        'skip the nanoGPT-style reference (slow, ~3 GB RAM per 256 MB)')
     args = p.parse_args()
+    harness.WAIT_IDLE = args.wait_idle
     if args._child:
         return run_variant(args._child, args._corpus, args._workers, args.chunk_size, args._out)
 
