@@ -23,6 +23,8 @@ import torch
 import torch.nn as nn
 from torch.nn import functional as F
 
+from muon import Muon
+
 
 @dataclass
 class GPTConfig:
@@ -385,15 +387,24 @@ class GPT(nn.Module):
                 sd[k].copy_(v)
         return model
 
-    def configure_optimizers(self, weight_decay, learning_rate, betas):
-        # Decay the 2-D tensors (matmul weights, embeddings); leave biases and norm gains alone.
-        params = [p for p in self.parameters() if p.requires_grad]
-        decay_params = [p for p in params if p.dim() >= 2]
-        nodecay_params = [p for p in params if p.dim() < 2]
+    def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw', muon_lr=0.02,
+                             muon_momentum=0.95, muon_weight_decay=0.0):
+        """AdamW, or Muon for the blocks' weight matrices and AdamW for the rest. AdamW decays the
+        2-D tensors (matmul weights, embeddings) and leaves biases and norm gains alone. Each group
+        carries lr_ratio, its learning rate over learning_rate, for the schedule to scale."""
+        params = {n: p for n, p in self.named_parameters() if p.requires_grad}
+        hidden = [p for n, p in params.items() if optimizer == 'muon' and n.startswith('transformer.h.') and p.dim() == 2]
+        hidden_ids = {id(p) for p in hidden}
+        decay_params = [p for p in params.values() if p.dim() >= 2 and id(p) not in hidden_ids]
+        nodecay_params = [p for p in params.values() if p.dim() < 2]
         optim_groups = [
             {'params': decay_params, 'weight_decay': weight_decay},
             {'params': nodecay_params, 'weight_decay': 0.0},
         ]
+        if optimizer == 'muon':
+            optim_groups.insert(0, {'params': hidden, 'muon': True, 'lr': muon_lr, 'momentum': muon_momentum,
+                                    'weight_decay': muon_weight_decay, 'lr_ratio': muon_lr / learning_rate})
+            return Muon(optim_groups, lr=learning_rate, betas=betas)
         # The fused kernel does the whole update in one pass; torch refuses it at construction
         # on devices it has no kernel for, and then the default implementation is used.
         try:

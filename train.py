@@ -70,13 +70,17 @@ attention = True  # False: MLP-only blocks
 tie_embeddings = True  # share the token embedding and the output head
 logit_softcap = 0.0  # c > 0: logits become c * tanh(logits / c)
 zero_init_proj = False  # start the projections into the residual stream at zero
-# adamw optimizer
-learning_rate = 6e-4  # max learning rate
+# optimizer: 'adamw', or 'muon' (Muon for the blocks' weight matrices, AdamW for the rest; see muon.py)
+optimizer = 'adamw'
+learning_rate = 6e-4  # max learning rate (of AdamW)
 max_iters = 600000  # total number of training iterations
 weight_decay = 1e-1
 beta1 = 0.9
 beta2 = 0.95
 grad_clip = 1.0  # clip gradients at this value, or disable if == 0.0
+muon_lr = 0.02  # max learning rate of the Muon matrices, on the same schedule
+muon_momentum = 0.95
+muon_weight_decay = 0.0
 # learning rate decay settings
 decay_lr = True  # whether to decay the learning rate
 warmup_iters = 2000  # how many steps to warm up for
@@ -120,6 +124,8 @@ def check_config(cfg):
             check_gpt2_compatible(vars(cfg))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if cfg.optimizer not in ('adamw', 'muon'):
+        raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
     if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
         raise ConfigError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {cfg.dtype!r}")
     if cfg.compile not in (None, True, False):
@@ -219,11 +225,11 @@ def main(argv):
 
     # float16 needs loss scaling to keep small gradients from flushing to zero; a no-op otherwise
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
-    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2))
-    decay, no_decay = optimizer.param_groups
-    print0(f"AdamW (fused: {bool(optimizer.defaults.get('fused'))}): weight decay on {len(decay['params'])} tensors "
-           f"({sum(p.numel() for p in decay['params']):,} parameters), none on {len(no_decay['params'])} "
-           f"({sum(p.numel() for p in no_decay['params']):,})")
+    optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.optimizer,
+                                           cfg.muon_lr, cfg.muon_momentum, cfg.muon_weight_decay)
+    print0(f"{type(optimizer).__name__} (fused: {bool(optimizer.defaults.get('fused'))}): " + "; ".join(
+        f"{'Muon' if g.get('muon') else 'AdamW'} lr {g['lr']:g} weight decay {g['weight_decay']:g} on "
+        f"{len(g['params'])} tensors ({sum(p.numel() for p in g['params']):,} parameters)" for g in optimizer.param_groups))
     torch.manual_seed(cfg.seed + launch.rank)
     loader_generator.manual_seed(cfg.seed + launch.rank)
     if cfg.init_from == 'resume':
@@ -380,7 +386,7 @@ def main(argv):
     while True:
         lr = get_lr(iter_num)
         for param_group in optimizer.param_groups:
-            param_group['lr'] = lr
+            param_group['lr'] = lr * param_group.get('lr_ratio', 1.0)
 
         # evaluate the loss on train/val sets and write checkpoints
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:

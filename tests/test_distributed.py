@@ -117,6 +117,17 @@ def test_torchrun_ranks_hold_identical_weights(torchrun_run):
     assert not torch.equal(ckpt['rng'][0]['loader'], ckpt['rng'][1]['loader'])  # per-rank data streams
 
 
+@pytest.mark.slow
+def test_muon_under_torchrun_applies_the_same_update_on_every_rank(workdir):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--local_addr=127.0.0.1',
+           '--nproc_per_node=2', __file__, *TRAIN, '--max_iters=10', '--optimizer=muon', '--out_dir=out-muon']
+    proc = subprocess.run(cmd, cwd=workdir, env=clean_env(PYTHONPATH=str(REPO)), capture_output=True,
+                          text=True, timeout=180)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    rank0, rank1 = (torch.load(workdir / 'out-muon' / f'rank{r}.pt', weights_only=True) for r in (0, 1))
+    assert same_weights(rank0, rank1)
+
+
 def test_two_rank_checkpoint_resumes_in_one_process(torchrun_run, tmp_path):
     out, _ = torchrun_run
     workdir = out.parent
