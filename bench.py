@@ -48,6 +48,8 @@ bench_iters = 20
 device = 'auto'
 dtype = 'auto'
 compile = None  # None: on CUDA
+peak_flops = 0.0  # one device's peak FLOP/s for MFU; 0: a GPU's data sheet, or measured once on a CPU
+profile = False  # also write a torch profiler trace of a few steps (bench_trace.json, for chrome://tracing or Perfetto)
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = configurator.defaults_from(globals())
@@ -108,11 +110,22 @@ def main(argv):
     sync()
     dt = (time.perf_counter() - t0) / cfg.bench_iters
     tokens = cfg.batch_size * cfg.block_size
-    mfu = model.estimate_mfu(tokens, dt, device_peak_flops(dev, cfg.dtype))
+    peak, peak_source = device_peak_flops(dev, cfg.dtype, cfg.peak_flops)
+    mfu = model.estimate_mfu(tokens, dt, peak)
     name = torch.cuda.get_device_name(dev) if device_type == 'cuda' else f"{device_type} ({torch.get_num_threads()} threads)"
     print(f"{name}, {cfg.dtype}, {model.get_num_params() / 1e6:.1f}M parameters, {tokens:,} tokens/iter: "
           f"{dt * 1000:.1f} ms/iter, {tokens / dt:,.0f} tokens/s, "
-          f"MFU {'n/a (unknown peak FLOP/s)' if mfu is None else f'{mfu * 100:.1f}%'}")
+          f"MFU {'n/a' if mfu is None else f'{mfu * 100:.1f}%'} ({peak_source})")
+    if cfg.profile:
+        from torch.profiler import ProfilerActivity, profile
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device_type == 'cuda' else [])
+        with profile(activities=activities, record_shapes=True) as prof:
+            for _ in range(5):
+                step()
+            sync()
+        prof.export_chrome_trace('bench_trace.json')
+        print(prof.key_averages().table(sort_by='self_cpu_time_total', row_limit=15))
+        print("wrote bench_trace.json (open it in chrome://tracing or https://ui.perfetto.dev)")
 
 
 if __name__ == '__main__':

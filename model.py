@@ -16,7 +16,11 @@ References:
    and logit soft-capping as the GPT-2 speedrun uses them: https://github.com/KellerJordan/modded-nanogpt
 """
 
+import json
 import math
+import os
+import platform
+import time
 from dataclasses import dataclass, fields
 
 import torch
@@ -529,13 +533,57 @@ PEAK_FLOPS_16BIT = {
 }
 
 
-def device_peak_flops(device, dtype):
-    """Peak FLOP/s of a CUDA device for the training dtype, or None where the table does not know it."""
-    if not str(device).startswith('cuda'):
-        return None
-    name = torch.cuda.get_device_name(device)
-    for key, flops in PEAK_FLOPS_16BIT.items():  # ordered so that specific names match before general ones
-        if key in name:
-            # float32 matmuls run as TF32 on the tensor cores at half the 16-bit rate
-            return flops if dtype in ('bfloat16', 'float16') else flops / 2
-    return None
+def device_peak_flops(device, dtype, override=0.0):
+    """(Peak FLOP/s of one device for MFU, or None; where the number comes from). `override` wins;
+    a CUDA GPU is looked up in the table above; a CPU's peak is measured (see measured_cpu_peak)."""
+    if override:
+        return override, "peak_flops from the config"
+    if str(device).startswith('cuda'):
+        name = torch.cuda.get_device_name(device)
+        for key, flops in PEAK_FLOPS_16BIT.items():  # ordered so that specific names match before general ones
+            if key in name:
+                # float32 matmuls run as TF32 on the tensor cores at half the 16-bit rate
+                return (flops if dtype in ('bfloat16', 'float16') else flops / 2), f"{name}, data sheet"
+        return None, f"{name} is not in model.PEAK_FLOPS_16BIT; pass --peak_flops=<FLOP/s> for an MFU"
+    if str(device) == 'cpu':
+        return measured_cpu_peak(dtype)
+    return None, f"no peak FLOP/s is known for {device}; pass --peak_flops=<FLOP/s> for an MFU"
+
+
+def measured_cpu_peak(dtype):
+    """A CPU's matmul peak for dtype on this process's threads: the best of a few large matmuls,
+    measured once per CPU model, thread count and dtype, then read from a cache file."""
+    cache_path = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
+                              'nanogpt', 'cpu_peak_flops.json')
+    key = f"{platform.processor() or platform.machine()}|{cpu_model()}|{torch.get_num_threads()} threads|{dtype}"
+    try:
+        with open(cache_path) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        cache = {}
+    if key not in cache:
+        n = 2048
+        a = torch.randn(n, n, dtype=getattr(torch, dtype))
+        b = torch.randn(n, n, dtype=getattr(torch, dtype))
+        best = float('inf')
+        for _ in range(5):
+            t0 = time.perf_counter()
+            a @ b
+            best = min(best, time.perf_counter() - t0)
+        cache[key] = 2 * n ** 3 / best
+        try:
+            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
+            with open(cache_path, 'w') as f:
+                json.dump(cache, f, indent=1)
+        except OSError:
+            pass  # measured again next time
+    return cache[key], (f"{dtype} matmul peak measured on this CPU with {torch.get_num_threads()} threads "
+                        f"(cached in {cache_path}; delete it to measure again)")
+
+
+def cpu_model():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
+    except OSError:
+        return ''

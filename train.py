@@ -93,6 +93,7 @@ ddp_timeout = 600  # seconds a rank waits for the others before giving up with a
 device = 'auto'  # 'cpu', 'cuda', 'cuda:1', 'mps'; auto: cuda if available, else mps, else cpu
 dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where supported, float16 on older GPUs, float32 on CPU
 compile = None  # torch.compile the model; None: on CUDA, where it pays off
+peak_flops = 0.0  # one device's peak FLOP/s for MFU; 0: a GPU's data sheet, or measured once on a CPU
 seed = 1337
 # -----------------------------------------------------------------------------
 DEFAULTS = configurator.defaults_from(globals())
@@ -377,7 +378,8 @@ def main(argv):
     start_iter = iter_num
     log = RunLog(cfg.out_dir, {**vars(cfg), 'n_params': raw_model.get_num_params()}, run_info, start_iter,
                  enabled=master, wandb_run=wandb, tensorboard=cfg.tensorboard_log)
-    peak_flops = device_peak_flops(device, cfg.dtype)
+    device_peak, peak_source = device_peak_flops(device, cfg.dtype, cfg.peak_flops) if master else (None, "")
+    print0(f"MFU: against {device_peak / 1e12:.2f} TFLOP/s per device, {peak_source}" if device_peak else f"MFU: n/a, {peak_source}")
     stop = None  # the signal that ended the run early, if any
     running_mfu = None
     loss_sum = torch.zeros((), device=device)
@@ -437,7 +439,7 @@ def main(argv):
             lossf = loss_sum.item() / iters_since_log  # .item() waits for the GPU, so the timing is true
             dt = (time.time() - t_log) / iters_timed
             if iters_timed == cfg.log_interval and iter_num - start_iter > 5:  # let the first iterations warm up
-                mfu = raw_model.estimate_mfu(tokens_per_iter // launch.world_size, dt, peak_flops)
+                mfu = raw_model.estimate_mfu(tokens_per_iter // launch.world_size, dt, device_peak)
                 if mfu is not None:
                     running_mfu = mfu if running_mfu is None else 0.9 * running_mfu + 0.1 * mfu
             mfu_text = f"{running_mfu * 100:.2f}%" if running_mfu is not None else "n/a"
