@@ -17,7 +17,7 @@ import numpy as np
 
 from data.pipeline import (ArgumentParser, Corpus, Output, Speed, UserError, Workers, add_common_args, check_args,
                            check_inputs, choose_workers, chunk_documents, chunk_progress, dtype_for, load_hf_dataset,
-                           progress, split_runs, val_mask)
+                           progress, split_runs, val_mask, write_error)
 
 _ENCODINGS = {}  # per process: a Ray worker loads the encoding once, not once per task
 
@@ -82,8 +82,8 @@ def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, nu
     if max_tokens is not None:  # the work is what the budget needs
         n_bytes = min(n_bytes or float('inf'), int(max_tokens * BYTES_PER_TOKEN))
     plan = choose_workers(num_workers, n_bytes, SPEED, ray_address)
-    with Workers(plan) as workers, Output(out_dir) as out:
-        files = {s: open(out.tmp[s], 'wb') for s in ('train', 'val')}
+    with Output(out_dir) as out, Workers(plan) as workers:  # a bad --out_dir fails before Ray starts
+        files = {s: out.open(s) for s in ('train', 'val')}
         try:
             with progress(max_tokens, 'tokenize', unit='tok') as bar:
                 for nbytes, ids, lens, split in workers.map(encode_chunk, args):
@@ -96,7 +96,7 @@ def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, nu
                               val_mask(n_docs, len(lens), seed, val_fraction))
                     for v, a, b in split_runs(np.cumsum(lens), is_val):
                         s = 'val' if v else 'train'
-                        files[s].write(memoryview(ids[a:b]).cast('B'))
+                        write(files[s], ids[a:b])
                         written[s] += b - a
                     n_docs += len(lens)
                     total += nbytes
@@ -104,9 +104,18 @@ def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, nu
                     bar.set_postfix_str(f"{total / 1e6:.0f} MB, {n_docs:,} docs", refresh=False)
                     if full:
                         break  # Workers cancels the tasks still in flight
+            for f in files.values():  # the last buffered bytes: a full disk may show only now
+                try:
+                    f.close()
+                except OSError as e:
+                    raise write_error(f.name, e) from None
         finally:
             for f in files.values():
-                f.close()
+                if not f.closed:
+                    try:
+                        f.close()
+                    except OSError:
+                        pass  # an error is already on its way
         if n_docs == 0:
             raise UserError(f"no documents found in {corpus.name}")
         meta = dict(tokenizer=encoding, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, eot_token=enc.eot_token,
@@ -116,6 +125,14 @@ def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, nu
     print(f"wrote {out_dir}: {encoding}, train {written['train']:,} tokens, val {written['val']:,} tokens, "
           f"{n_docs:,} documents from {total / 1e6:.1f} MB")
     return meta
+
+
+def write(f, ids):
+    """Append ids to the open file f; an OSError (a full disk) is a one-line UserError."""
+    try:
+        f.write(memoryview(ids).cast('B'))
+    except OSError as e:
+        raise write_error(f.name, e) from None
 
 
 def add_args(p):
@@ -143,13 +160,16 @@ def prepare_hf_corpus(description, out_dir, dataset, config=None, argv=None):
         p.add_argument('--config', default=config, help='dataset config (default: %(default)s)')
     args = p.parse_args(argv)
     check_args(args)
+    if args.input and (args.streaming or args.revision):
+        raise UserError("--streaming and --revision apply to a Hugging Face dataset, not to --input files")
     get_encoding(args.encoding)  # fail early, in one line, when the tokenizer files are missing
     if args.input:
-        corpus = Corpus(check_inputs(args.input))
+        corpus = Corpus(check_inputs(args.input, text_field=args.text_field), text_field=args.text_field)
     else:
         config = getattr(args, 'config', None)
         ds = load_hf_dataset(args.dataset, config, split='train', streaming=args.streaming, revision=args.revision)
-        corpus = Corpus(dataset=ds, name=f"{args.dataset}/{config}" if config else args.dataset)
+        corpus = Corpus(dataset=ds, name=f"{args.dataset}/{config}" if config else args.dataset,
+                        text_field=args.text_field)
     prepare(corpus, args.out_dir, encoding=args.encoding, val_fraction=args.val_fraction, seed=args.seed,
             num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address,
             max_tokens=args.max_tokens)

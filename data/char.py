@@ -50,7 +50,7 @@ def _chunk_bytes(chunk, stories):
         except UnicodeEncodeError as e:
             raise UserError(f"a document is not valid Unicode text: {e}")
         return buf, len(buf), 'a batch of documents', 0
-    _, path, start, end, last = chunk
+    _, path, start, end, last, _ = chunk
     buf = read_range(path, start, end)
     n = len(buf)
     if stories and last:  # drop a whitespace-only remainder after the file's last separator
@@ -209,7 +209,7 @@ def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk
     (pipeline.choose_workers). Returns meta."""
     sep = SEPARATOR if stories else None
     plan = choose_workers(num_workers, corpus.text_bytes(), SPEED, ray_address)
-    with Workers(plan) as workers, Output(out_dir) as out:
+    with Output(out_dir) as out, Workers(plan) as workers:  # a bad --out_dir fails before Ray starts
         group = corpus.chunks_per_task(chunk_size, workers.num_workers)
         # pass 1: vocabulary and, per chunk, where its tokens go
         used = np.zeros(0x110000, bool)

@@ -14,11 +14,13 @@ in order, so the output does not depend on the worker count.
 """
 import argparse
 import collections
+import errno
 import gzip
 import json
 import os
 import sys
 import tempfile
+import urllib.request
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -52,23 +54,34 @@ class ArgumentParser(argparse.ArgumentParser):
         raise ConfigError(f"{message} (see --help)")
 
 
-def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, split_unit='documents (seeded)'):
-    """The options every prepare script shares."""
-    p.add_argument('--input', nargs='+', metavar='PATH',
-                   help='local files instead of downloading: .txt, .jsonl, .jsonl.gz or .parquet (a "text" field)')
+def add_common_args(p, chunk_size, out_dir, val_fraction=0.0005, seed=2357, split_unit='documents (seeded)',
+                    rows=True):
+    """The options the prepare scripts share. A script offers only those it uses: chunk_size=None, no
+    --chunk_size (a corpus held in memory); seed=None, no --seed (a split that is not random); rows=False,
+    .txt inputs only and no --text_field."""
+    if rows:
+        p.add_argument('--input', nargs='+', metavar='PATH',
+                       help='local files instead of downloading: .txt, .jsonl, .jsonl.gz or .parquet')
+        p.add_argument('--text_field', default='text', metavar='NAME',
+                       help='the field (column) that holds the text in .jsonl / .parquet inputs and Hugging Face '
+                            'datasets (default: %(default)s)')
+    else:
+        p.add_argument('--input', nargs='+', metavar='PATH', help='a local .txt file instead of downloading')
     p.add_argument('--out_dir', default=out_dir, help='where train.bin, val.bin and meta.json go (default: %(default)s)')
     p.add_argument('--num_workers', type=parse_workers, default='auto',
                    help="'auto' (default): this process, or Ray where the corpus is large enough for Ray's start-up "
                         "to pay off (always with --ray_address); N: exactly N workers, 1 in this process without Ray, "
                         "N > 1 as Ray tasks")
-    p.add_argument('--chunk_size', type=parse_size, default=chunk_size,
-                   help='bytes of text per chunk, e.g. 16M or 1000000; a worker holds one chunk at a time '
-                        '(default: %(default)s)')
+    if chunk_size is not None:
+        p.add_argument('--chunk_size', type=parse_size, default=chunk_size,
+                       help='bytes of text per chunk, e.g. 16M or 1000000; a worker holds one chunk at a time '
+                            '(default: %(default)s)')
     p.add_argument('--ray_address', default=None,
                    help='join a running Ray cluster (e.g. "auto" or host:port) instead of starting a local one')
     p.add_argument('--val_fraction', type=float, default=val_fraction,
                    help=f'fraction of the {split_unit} that go to val.bin (default: %(default)s)')
-    p.add_argument('--seed', type=int, default=seed, help='seed of the train/val split (default: %(default)s)')
+    if seed is not None:
+        p.add_argument('--seed', type=int, default=seed, help='seed of the train/val split (default: %(default)s)')
     return p
 
 
@@ -101,19 +114,22 @@ def parse_workers(s):
 def check_args(args):
     if not 0.0 <= args.val_fraction < 1.0:
         raise UserError("--val_fraction must be in [0, 1)")
+    if getattr(args, 'text_field', 'text') != 'text' and args.input and all(map(is_text_file, args.input)):
+        raise UserError("--text_field names a field of .jsonl / .parquet inputs or of a dataset; .txt inputs "
+                        "have none (their documents are separated by <|endoftext|>)")
 
 
 # ----------------------------------------------------------------------------- input sources
 
-def check_inputs(paths, exts=TEXT_EXTS + ROW_EXTS):
-    """Fail early, in one line, on a missing file or an extension we cannot read."""
+def check_inputs(paths, exts=TEXT_EXTS + ROW_EXTS, text_field='text'):
+    """Fail early, in one line, on a missing file, an extension we cannot read or a missing text field."""
     for p in paths:
         if not os.path.isfile(p):
             raise UserError(f"input file not found: {p}")
         if not p.lower().endswith(exts):
             raise UserError(f"unsupported input {p}: expected one of {', '.join(exts)}")
         if not is_text_file(p):  # a wrong schema is reported now, not after the progress bars started
-            next(_iter_texts(p), None)
+            next(_iter_texts(p, text_field), None)
     return list(paths)
 
 
@@ -162,9 +178,9 @@ def read_range(path, start, end):
         return f.read(end - start)
 
 
-def iter_row_batches(path, batch_bytes):
-    """Lists of documents (the "text" field) of about batch_bytes characters from .jsonl(.gz) or .parquet."""
-    return _batched(_iter_texts(path), batch_bytes)
+def iter_row_batches(path, batch_bytes, text_field='text'):
+    """Lists of documents (the text_field of each row) of about batch_bytes characters from .jsonl(.gz) or .parquet."""
+    return _batched(_iter_texts(path, text_field), batch_bytes)
 
 
 def _batched(texts, batch_bytes):
@@ -180,32 +196,37 @@ def _batched(texts, batch_bytes):
         yield batch
 
 
-def _iter_texts(path):
+def _iter_texts(path, field):
     if path.lower().endswith('.parquet'):
         import pyarrow.parquet as pq
         pf = pq.ParquetFile(path)
-        if 'text' not in pf.schema_arrow.names:
-            raise UserError(f"{path} has no 'text' column (columns: {', '.join(pf.schema_arrow.names)})")
-        for rb in pf.iter_batches(batch_size=1024, columns=['text']):
+        if field not in pf.schema_arrow.names:
+            raise UserError(f"{path} has no {field!r} column (columns: {', '.join(pf.schema_arrow.names)}); "
+                            f"name the one with the text with --text_field")
+        for rb in pf.iter_batches(batch_size=1024, columns=[field]):
             yield from (t for t in rb.column(0).to_pylist() if t is not None)
         return
     opener = gzip.open if path.lower().endswith('.gz') else open
     try:
         with opener(path, 'rb') as f:
-            yield from _parse_jsonl(f, path)
+            yield from _parse_jsonl(f, path, field)
     except (OSError, EOFError) as e:
         raise UserError(f"cannot read {path}: {e}")
 
 
-def _parse_jsonl(lines, path):
+def _parse_jsonl(lines, path, field):
     for line in lines:
         if not line.strip():
             continue
         try:
-            text = json.loads(line)['text']
-        except (ValueError, KeyError, TypeError):
-            raise UserError(f"{path}: expected one JSON object with a 'text' field per line, got "
+            row = json.loads(line)
+            text = row[field]
+        except (ValueError, TypeError):
+            raise UserError(f"{path}: expected one JSON object per line, got "
                             f"{bytes(line[:60]).decode('utf-8', 'replace')!r}")
+        except KeyError:
+            raise UserError(f"{path}: a row has no {field!r} field (fields: {', '.join(map(str, row))}); "
+                            f"name the one with the text with --text_field")
         if text is not None:
             yield text
 
@@ -227,7 +248,25 @@ def load_hf_dataset(name, config=None, split='train', streaming=False, revision=
                             f"and pass them with --input")
         raise UserError(f"cannot load the Hugging Face dataset {name}{'/' + config if config else ''} ({first}); "
                         f"offline, pass local files with --input FILE [FILE ...] (.txt, .jsonl, .jsonl.gz or .parquet "
-                        f"with a 'text' field)")
+                        f"with a 'text' field, or another one named by --text_field)")
+
+
+TINY_SHAKESPEARE = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
+
+
+def download(url, path):
+    """A small file (tiny shakespeare) to path, whole or not at all, or a one-line error that says how to work
+    offline."""
+    try:
+        with urllib.request.urlopen(url, timeout=30) as r:
+            data = r.read()
+    except OSError as e:
+        raise UserError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline, pass a local copy of the text "
+                        f"with --input PATH (or save it as {path})")
+    tmp = path + '.part'
+    with open(tmp, 'wb') as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 def _hub_reachable(timeout=5):
@@ -238,24 +277,31 @@ def _hub_reachable(timeout=5):
         return True
     import socket
     import urllib.parse
-    host = urllib.parse.urlparse(os.environ.get('HF_ENDPOINT', 'https://huggingface.co')).hostname
-    try:
-        socket.create_connection((host, 443), timeout=timeout).close()
+    url = urllib.parse.urlparse(os.environ.get('HF_ENDPOINT') or 'https://huggingface.co')
+    try:  # a mirror may run on a port of its own (HF_ENDPOINT=http://mirror:8080)
+        port = url.port or (80 if url.scheme == 'http' else 443)
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
         return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a port that is not a number
         return False
 
 
-def iter_hf_batches(ds, batch_bytes, rows_per_read=1000):
-    """Lists of documents of about batch_bytes characters from a (streaming or not) HF dataset."""
-    return _batched(_hf_texts(ds, rows_per_read), batch_bytes)
+def iter_hf_batches(ds, batch_bytes, text_field='text', rows_per_read=1000):
+    """Lists of documents (the text_field column) of about batch_bytes characters from a HF dataset (streaming
+    or not)."""
+    return _batched(_hf_texts(ds, text_field, rows_per_read), batch_bytes)
 
 
-def _hf_texts(ds, rows_per_read):
+def _check_hf_column(columns, field):
+    if field not in columns:
+        raise UserError(f"the dataset has no {field!r} column (columns: {', '.join(columns)}); "
+                        f"name the one with the text with --text_field")
+
+
+def _hf_texts(ds, field, rows_per_read):
     for rows in ds.iter(batch_size=rows_per_read):
-        if 'text' not in rows:
-            raise UserError(f"the dataset has no 'text' column (columns: {', '.join(rows)})")
-        yield from rows['text']
+        _check_hf_column(rows, field)
+        yield from rows[field]
 
 
 # ----------------------------------------------------------------------------- corpus
@@ -268,12 +314,15 @@ COMPRESSION = {'.jsonl.gz': 2.4, '.parquet': 1.65}
 class Corpus:
     """The text to prepare: local files (--input), a Hugging Face dataset, or batches of documents in
     memory, handed out as chunks of whole documents of about chunk_size bytes. A chunk is a small
-    description: ('file', path, start, end, last) for a byte range of a .txt or .jsonl file (the worker
-    reads it itself, so the text never passes through this process), or ('texts', [documents]) for
-    rows of .jsonl.gz / .parquet / a dataset. chunks() can be called again for a second pass."""
+    description: ('file', path, start, end, last, text_field) for a byte range of a .txt or .jsonl file
+    (the worker reads it itself, so the text never passes through this process), or ('texts', [documents])
+    for rows of .jsonl.gz / .parquet / a dataset. text_field: the field of a row (.jsonl, .parquet, a
+    dataset) that holds its text. chunks() can be called again for a second pass."""
 
-    def __init__(self, paths=None, dataset=None, name=None, batches=None):
-        self.paths, self.dataset, self.batches = paths, dataset, batches
+    def __init__(self, paths=None, dataset=None, name=None, batches=None, text_field='text'):
+        self.paths, self.dataset, self.batches, self.text_field = paths, dataset, batches, text_field
+        if dataset is not None and getattr(dataset, 'column_names', None):  # None: a stream that does not know yet
+            _check_hf_column(dataset.column_names, text_field)
         self.name = name or (', '.join(os.path.basename(p) for p in paths) if paths else 'a dataset')
         # every chunk a byte range that the worker reads itself (.txt and .jsonl files only)
         self.byte_ranges = bool(paths) and all(_is_byte_range_file(p) for p in paths)
@@ -313,16 +362,16 @@ class Corpus:
             yield from (('texts', b) for b in self.batches)
             return
         if self.dataset is not None:
-            for texts in iter_hf_batches(self.dataset, chunk_size):
+            for texts in iter_hf_batches(self.dataset, chunk_size, self.text_field):
                 yield ('texts', texts)
             return
         for path in self.paths:
             if _is_byte_range_file(path):  # byte ranges, read by the workers
                 ranges = list(text_ranges(path, chunk_size, sep_b if is_text_file(path) else b'\n'))
                 for i, (start, end) in enumerate(ranges):
-                    yield ('file', path, start, end, i == len(ranges) - 1)
+                    yield ('file', path, start, end, i == len(ranges) - 1, self.text_field)
             else:  # compressed or columnar: read here, documents shipped to the workers
-                for texts in iter_row_batches(path, chunk_size):
+                for texts in iter_row_batches(path, chunk_size, self.text_field):
                     yield ('texts', texts)
 
 
@@ -338,13 +387,13 @@ def chunk_progress(chunk, n_text_bytes):
 def chunk_documents(chunk):
     """The documents of a chunk. In a .txt file they are the text between separators; the text around a
     separator is kept as it is, only a whitespace-only remainder after a file's last separator (its final
-    newline) is dropped. In .jsonl they are the "text" fields."""
+    newline) is dropped. In .jsonl they are the rows' text fields."""
     if chunk[0] == 'texts':
         return chunk[1]
-    _, path, start, end, last = chunk
+    _, path, start, end, last, field = chunk
     buf = read_range(path, start, end)
     if path.lower().endswith('.jsonl'):
-        return list(_parse_jsonl(buf.splitlines(), path))
+        return list(_parse_jsonl(buf.splitlines(), path, field))
     try:
         text = buf.decode('utf-8')
     except UnicodeDecodeError as e:
@@ -534,8 +583,10 @@ class Workers:
         else:
             # in the object store once, rather than serialised again into every task's arguments
             shared = [self.ray.put(x) for x in shared]
-            # SPREAD: over all the nodes of a cluster, rather than filling the driver's node first
-            remote = self.ray.remote(num_cpus=1, scheduling_strategy='SPREAD')(_call_each)
+            # SPREAD: over all the nodes of a cluster, rather than filling the driver's node first.
+            # max_retries: a task whose worker process dies is run again, which is safe because every call
+            # is idempotent (it returns its result, or writes its own slice of the output files)
+            remote = self.ray.remote(num_cpus=1, scheduling_strategy='SPREAD', max_retries=3)(_call_each)
             yield from self._ordered((remote.remote(fn, calls, *shared) for calls in _groups(arg_tuples, group)),
                                      self._get, self.ray.cancel)
 
@@ -594,15 +645,45 @@ def dtype_for(vocab_size):
     return np.uint16 if vocab_size <= 65535 else np.uint32
 
 
+def write_error(path, e):
+    """A UserError for an OSError while writing path: what went wrong and what to do (the previous bins are
+    untouched: only temporary files were written)."""
+    what = {errno.ENOSPC: "free some disk space or choose another --out_dir",
+            errno.EFBIG: "the file size limit (ulimit -f) or the filesystem's is reached: raise it or choose "
+                         "another --out_dir",
+            errno.EDQUOT: "the disk quota is used up: free some space or choose another --out_dir",
+            errno.EACCES: "choose an --out_dir you may write to", errno.EPERM: "choose an --out_dir you may write to",
+            errno.EROFS: "the filesystem is read-only: choose another --out_dir",
+            errno.EEXIST: "--out_dir must be a directory (or not exist yet)",
+            errno.ENOTDIR: "--out_dir must be a directory (or not exist yet)"}.get(e.errno, "check --out_dir")
+    return UserError(f"cannot write {path} ({e.strerror or e}): {what}; the previous train.bin / val.bin "
+                     f"are untouched")
+
+
 class Output:
     """train.bin / val.bin / meta.json in out_dir, written as hidden temporary files and renamed into
-    place by commit(), so a failed or interrupted run never leaves half-written bins behind."""
+    place by commit(), so a failed or interrupted run never leaves half-written bins behind. An OSError
+    while writing (a full disk, no permission, --out_dir a file) is a one-line UserError (write_error),
+    raised as early as it can be known: the temporary files are created at once."""
 
     def __init__(self, out_dir):
-        os.makedirs(out_dir, exist_ok=True)
         self.out_dir = out_dir
         self.final = {s: os.path.join(out_dir, f'{s}.bin') for s in ('train', 'val')}
         self.tmp = {s: os.path.join(out_dir, f'.{s}.bin.{os.getpid()}.tmp') for s in ('train', 'val')}
+        try:
+            os.makedirs(out_dir, exist_ok=True)
+        except OSError as e:
+            raise write_error(out_dir, e) from None
+        for s in ('train', 'val'):
+            with self.open(s):
+                pass
+
+    def open(self, split, mode='wb'):
+        """A split's temporary file, opened (a UserError if it cannot be)."""
+        try:
+            return open(self.tmp[split], mode)
+        except OSError as e:
+            raise write_error(self.tmp[split], e) from None
 
     def __enter__(self):
         return self
@@ -613,16 +694,26 @@ class Output:
                 os.remove(p)
 
     def presize(self, split, n_tokens, dtype):
-        with open(self.tmp[split], 'wb') as f:
-            f.truncate(n_tokens * np.dtype(dtype).itemsize)
+        with self.open(split) as f:
+            try:
+                f.truncate(n_tokens * np.dtype(dtype).itemsize)
+            except OSError as e:
+                raise write_error(self.tmp[split], e) from None
 
     def commit(self, meta):
         meta_tmp = os.path.join(self.out_dir, f'.meta.json.{os.getpid()}.tmp')
-        with open(meta_tmp, 'w') as f:
-            json.dump(meta, f, ensure_ascii=False)
-        for s in ('train', 'val'):
-            os.replace(self.tmp[s], self.final[s])
-        os.replace(meta_tmp, os.path.join(self.out_dir, 'meta.json'))
+        try:
+            try:
+                with open(meta_tmp, 'w') as f:
+                    json.dump(meta, f, ensure_ascii=False)
+                for s in ('train', 'val'):
+                    os.replace(self.tmp[s], self.final[s])
+                os.replace(meta_tmp, os.path.join(self.out_dir, 'meta.json'))
+            except OSError as e:
+                raise write_error(e.filename or meta_tmp, e) from None
+        finally:
+            if os.path.exists(meta_tmp):
+                os.remove(meta_tmp)
 
 
 def write_at(f, offset, arr):
@@ -631,7 +722,10 @@ def write_at(f, offset, arr):
     buf = memoryview(np.ascontiguousarray(arr)).cast('B')
     pos = offset * arr.itemsize
     while len(buf):
-        n = os.pwrite(f.fileno(), buf, pos)
+        try:
+            n = os.pwrite(f.fileno(), buf, pos)
+        except OSError as e:  # e.g. the disk is full: a UserError, also from a Ray worker (Workers._get)
+            raise write_error(f.name, e) from None
         buf, pos = buf[n:], pos + n
 
 

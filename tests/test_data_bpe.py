@@ -163,7 +163,8 @@ def test_offline_without_input_gives_a_one_line_error(tmp_path):
     (tmp_path / 'bad.jsonl').write_text('{"title": "no text field"}\n')
     r = run_prepare('openwebtext', '--input', str(tmp_path / 'bad.jsonl'), '--out_dir', str(tmp_path / 'b'),
                    '--num_workers', '1', env=OFFLINE)
-    assert r.returncode != 0 and "'text' field" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert r.returncode != 0 and "no 'text' field (fields: title)" in r.stderr, r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
 def test_hf_dataset_and_its_streaming_form_match_local_files(tmp_path):
@@ -178,3 +179,24 @@ def test_hf_dataset_and_its_streaming_form_match_local_files(tmp_path):
         outs.append([(tmp_path / name / f).read_bytes() for f in ('train.bin', 'val.bin')])
     assert outs[0] == outs[1] == outs[2]
     assert 35_000 < (len(outs[0][0]) + len(outs[0][1])) // 2 <= 40_000
+
+
+def test_text_field_for_web_corpora_and_options_that_need_a_dataset(tmp_path):
+    docs = c4_docs(40)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({'content': docs, 'url': ['x'] * len(docs)}), tmp_path / 'c.parquet', row_group_size=7)
+    write_inputs(tmp_path, docs)
+    for name, extra in (('text', ['--input', tmp_path / 'd.jsonl']),
+                        ('content', ['--input', tmp_path / 'c.parquet', '--text_field', 'content'])):
+        r = run_prepare('fineweb_edu', *extra, '--out_dir', tmp_path / name, env=OFFLINE)
+        assert r.returncode == 0, r.stderr
+    assert [(tmp_path / 'content' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \
+        [(tmp_path / 'text' / f).read_bytes() for f in ('train.bin', 'val.bin')]
+    r = run_prepare('openwebtext', '--input', tmp_path / 'c.parquet', '--out_dir', tmp_path / 'x', env=OFFLINE)
+    assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert "no 'text' column (columns: content, url)" in r.stderr and '--text_field' in r.stderr
+    r = run_prepare('openwebtext', '--input', tmp_path / 'd.jsonl', '--streaming', '--out_dir', tmp_path / 'x',
+                    env=OFFLINE)
+    assert r.returncode == 1 and '--streaming' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / 'x').exists()

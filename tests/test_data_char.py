@@ -190,3 +190,92 @@ def test_chunks_end_after_separators_and_cover_the_file(tmp_path):
         assert all(data[:end].endswith(SEP.encode()) for _, end in ranges[:-1])
         plain = list(text_ranges(path, chunk))  # no separator: never inside a UTF-8 character
         assert all(data[end] & 0xC0 != 0x80 for _, end in plain[:-1])
+
+
+def test_text_field_names_the_column_of_rows_and_datasets(tmp_path):
+    docs = UNICODE_STORIES * 3
+    write(tmp_path / 'd.txt', SEP.join(docs) + SEP)
+    rows = [{'story': d, 'text': 'not this one', 'id': i} for i, d in enumerate(docs)]
+    (tmp_path / 'd.jsonl').write_text(''.join(json.dumps(r) + '\n' for r in rows), encoding='utf-8')
+    with gzip.open(tmp_path / 'd.jsonl.gz', 'wt', encoding='utf-8') as f:
+        f.writelines(json.dumps(r) + '\n' for r in rows)
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    pq.write_table(pa.table({'story': docs, 'id': list(range(len(docs)))}), tmp_path / 'd.parquet', row_group_size=4)
+    import datasets
+    corpora = {'txt': Corpus([str(tmp_path / 'd.txt')]),
+               'hf': Corpus(dataset=datasets.Dataset.from_dict({'story': docs}), name='hf', text_field='story')}
+    corpora.update({n: Corpus([str(tmp_path / n)], text_field='story') for n in ('d.jsonl', 'd.jsonl.gz', 'd.parquet')})
+    bins = []
+    for name, corpus in corpora.items():
+        out = tmp_path / name.replace('.', '_')
+        char.prepare(corpus, out, stories=True, val_fraction=0.3, seed=3, chunk_size=100)
+        bins.append([(out / f).read_bytes() for f in ('train.bin', 'val.bin')])
+    assert all(b == bins[0] for b in bins[1:])
+    with pytest.raises(UserError, match=r"no 'body' column \(columns: story\); .*--text_field"):
+        Corpus(dataset=datasets.Dataset.from_dict({'story': docs}), text_field='body')
+    # as a user runs it: the field is used, and a wrong one is one line naming the fields that exist
+    r = run_prepare('tinystories_char', '--input', tmp_path / 'd.jsonl', '--text_field', 'story',
+                    '--out_dir', tmp_path / 'script', '--val_fraction', '0.3', '--seed', '3', '--chunk_size', '100')
+    assert r.returncode == 0, r.stderr
+    assert [(tmp_path / 'script' / f).read_bytes() for f in ('train.bin', 'val.bin')] == bins[0]
+    for path, fields in (('d.jsonl', 'story, text, id'), ('d.parquet', 'story, id')):
+        r = run_prepare('tinystories_char', '--input', tmp_path / path, '--text_field', 'body',
+                        '--out_dir', tmp_path / 'x')
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert "'body'" in r.stderr and f"({'fields' if path == 'd.jsonl' else 'columns'}: {fields})" in r.stderr
+    r = run_prepare('tinystories_char', '--input', tmp_path / 'd.txt', '--text_field', 'story',
+                    '--out_dir', tmp_path / 'x')
+    assert r.returncode == 1 and '--text_field' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not (tmp_path / 'x').exists()
+
+
+def test_shakespeare_scripts_offer_only_the_options_they_use(tmp_path):
+    src = write(tmp_path / 's.txt', 'To be, or not to be: that is the question.\n' * 50)
+    for name, unused in (('shakespeare_char', ['--seed', '--text_field']),
+                         ('shakespeare', ['--seed', '--text_field', '--chunk_size'])):
+        help_text = run_prepare(name, '--help').stdout
+        assert '--val_fraction' in help_text and '--num_workers' in help_text
+        for option in unused:
+            assert option not in help_text, (name, option)
+            r = run_prepare(name, '--input', src, '--out_dir', tmp_path / name, option, '1')
+            assert r.returncode == 2 and 'unrecognized arguments' in r.stderr, r.stderr
+            assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_download_is_whole_or_a_one_line_error(tmp_path):
+    from data.pipeline import download
+    src = write(tmp_path / 'src.txt', 'First Citizen:\n' * 100)
+    download(Path(src).as_uri(), str(tmp_path / 'input.txt'))
+    assert (tmp_path / 'input.txt').read_bytes() == Path(src).read_bytes()
+    with pytest.raises(UserError, match=r'cannot download .*--input PATH'):
+        download((tmp_path / 'missing.txt').as_uri(), str(tmp_path / 'other.txt'))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['input.txt', 'src.txt']  # nothing half-written
+
+
+def test_hub_probe_uses_the_port_of_hf_endpoint(monkeypatch):
+    import socket
+
+    from data.pipeline import _hub_reachable
+    for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
+        monkeypatch.delenv(k, raising=False)
+    with socket.socket() as server:  # a mirror on a port of its own
+        server.bind(('127.0.0.1', 0))
+        server.listen()
+        port = server.getsockname()[1]
+        monkeypatch.setenv('HF_ENDPOINT', f'http://127.0.0.1:{port}')
+        assert _hub_reachable(timeout=2)
+    assert not _hub_reachable(timeout=2)  # the same endpoint, closed
+    probed = []
+
+    def connect(address, timeout):
+        probed.append(address)
+        raise OSError('unreachable')
+    monkeypatch.setattr(socket, 'create_connection', connect)
+    for endpoint, address in (('https://hf-mirror.example', ('hf-mirror.example', 443)),
+                              ('http://hf-mirror.example', ('hf-mirror.example', 80)),
+                              ('https://hf-mirror.example:8443/', ('hf-mirror.example', 8443))):
+        monkeypatch.setenv('HF_ENDPOINT', endpoint)
+        assert not _hub_reachable() and probed[-1] == address
+    monkeypatch.delenv('HF_ENDPOINT')
+    assert not _hub_reachable() and probed[-1] == ('huggingface.co', 443)

@@ -9,17 +9,17 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import bpe  # noqa: E402
-from data.pipeline import (ArgumentParser, Corpus, UserError, add_common_args, check_args,  # noqa: E402
-                           check_inputs, cli)
-from data.shakespeare_char.prepare import URL, download  # noqa: E402
+from data.pipeline import (TINY_SHAKESPEARE, ArgumentParser, Corpus, UserError, add_common_args,  # noqa: E402
+                           check_args, check_inputs, cli, download)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def main(argv=None):
     p = ArgumentParser(description=__doc__)
-    add_common_args(p, chunk_size='16M', out_dir=HERE, val_fraction=0.1,
-                    split_unit='characters (the tail)')  # one file, two documents
+    # one file, two documents held in memory (no --chunk_size), the split its tail (no --seed)
+    add_common_args(p, chunk_size=None, out_dir=HERE, val_fraction=0.1, seed=None,
+                    split_unit='characters (the tail)', rows=False)
     p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
     args = p.parse_args(argv)
     check_args(args)
@@ -31,7 +31,7 @@ def main(argv=None):
     else:
         path = os.path.join(args.out_dir, 'input.txt')
         if not os.path.exists(path):
-            download(URL, path)
+            download(TINY_SHAKESPEARE, path)
     try:
         with open(path, encoding='utf-8') as f:
             data = f.read()  # ~1 MB: nanoGPT's split needs the character count first

@@ -6,6 +6,7 @@ whole stories go to val.bin with probability --val_fraction (seeded), so none st
     python data/tinystories_char/prepare.py                                  # HF roneneldan/TinyStories
     python data/tinystories_char/prepare.py --input TinyStoriesV2-GPT4-train.txt --num_workers 8
     python data/tinystories_char/prepare.py --input a.jsonl.gz b.parquet      # a "text" field per story
+    python data/tinystories_char/prepare.py --input stories.jsonl --text_field story   # ... or another field
     python data/tinystories_char/prepare.py --ray_address auto ...           # on a Ray cluster (shared filesystem)
 """
 import os
@@ -26,9 +27,10 @@ def main(argv=None):
     args = p.parse_args(argv)
     check_args(args)
     if args.input:
-        corpus = Corpus(check_inputs(args.input))
+        corpus = Corpus(check_inputs(args.input, text_field=args.text_field), text_field=args.text_field)
     else:
-        corpus = Corpus(dataset=load_hf_dataset(args.dataset, split='train'), name=args.dataset)
+        corpus = Corpus(dataset=load_hf_dataset(args.dataset, split='train'), name=args.dataset,
+                        text_field=args.text_field)
     char.prepare(corpus, args.out_dir, stories=True, val_fraction=args.val_fraction, seed=args.seed,
                  num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address)
 
