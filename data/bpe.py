@@ -155,21 +155,22 @@ def prepare_hf_corpus(description, out_dir, dataset, config=None, argv=None):
     p = ArgumentParser(description=description)
     add_common_args(p, chunk_size='4M', out_dir=out_dir, val_fraction=0.0005, seed=2357)
     add_args(p)
-    p.add_argument('--dataset', default=dataset, help='Hugging Face dataset (default: %(default)s)')
+    p.add_argument('--dataset', help=f'Hugging Face dataset (default: {dataset})')
     if config is not None:
-        p.add_argument('--config', default=config, help='dataset config (default: %(default)s)')
+        p.add_argument('--config', help=f'dataset config (default: {config})')
     args = p.parse_args(argv)
     check_args(args)
-    if args.input and (args.streaming or args.revision):
-        raise UserError("--streaming and --revision apply to a Hugging Face dataset, not to --input files")
+    dataset_only = [o for o in ('dataset', 'config', 'streaming', 'revision') if getattr(args, o, None)]
+    if args.input and dataset_only:
+        raise UserError(f"{', '.join('--' + o for o in dataset_only)} appl{'y' if len(dataset_only) > 1 else 'ies'} "
+                        f"to a Hugging Face dataset, not to --input files: pass one or the other")
+    dataset, config = args.dataset or dataset, getattr(args, 'config', None) or config
     get_encoding(args.encoding)  # fail early, in one line, when the tokenizer files are missing
     if args.input:
         corpus = Corpus(check_inputs(args.input, text_field=args.text_field), text_field=args.text_field)
     else:
-        config = getattr(args, 'config', None)
-        ds = load_hf_dataset(args.dataset, config, split='train', streaming=args.streaming, revision=args.revision)
-        corpus = Corpus(dataset=ds, name=f"{args.dataset}/{config}" if config else args.dataset,
-                        text_field=args.text_field)
+        ds = load_hf_dataset(dataset, config, split='train', streaming=args.streaming, revision=args.revision)
+        corpus = Corpus(dataset=ds, name=f"{dataset}/{config}" if config else dataset, text_field=args.text_field)
     prepare(corpus, args.out_dir, encoding=args.encoding, val_fraction=args.val_fraction, seed=args.seed,
             num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address,
             max_tokens=args.max_tokens)

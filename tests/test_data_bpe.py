@@ -196,7 +196,11 @@ def test_text_field_for_web_corpora_and_options_that_need_a_dataset(tmp_path):
     r = run_prepare('openwebtext', '--input', tmp_path / 'c.parquet', '--out_dir', tmp_path / 'x', env=OFFLINE)
     assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
     assert "no 'text' column (columns: content, url)" in r.stderr and '--text_field' in r.stderr
-    r = run_prepare('openwebtext', '--input', tmp_path / 'd.jsonl', '--streaming', '--out_dir', tmp_path / 'x',
-                    env=OFFLINE)
-    assert r.returncode == 1 and '--streaming' in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    for name, extra in (('openwebtext', ['--streaming']), ('fineweb_edu', ['--config', 'sample-100BT']),
+                        ('openwebtext', ['--dataset', 'my/corpus'])):
+        r = run_prepare(name, '--input', tmp_path / 'd.jsonl', *extra, '--out_dir', tmp_path / 'x', env=OFFLINE)
+        assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+        assert f'{extra[0]} applies to a Hugging Face dataset, not to --input' in r.stderr, r.stderr
+    r = run_prepare('tinystories_char', '--input', tmp_path / 'd.jsonl', '--dataset', 'x/y', '--out_dir', tmp_path / 'x')
+    assert r.returncode == 1 and '--dataset and --input' in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / 'x').exists()

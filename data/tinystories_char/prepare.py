@@ -14,8 +14,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from data import char  # noqa: E402
-from data.pipeline import (ArgumentParser, Corpus, add_common_args, check_args, check_inputs,  # noqa: E402
-                           cli, load_hf_dataset)
+from data.pipeline import (ArgumentParser, Corpus, UserError, add_common_args, check_args,  # noqa: E402
+                           check_inputs, cli, load_hf_dataset)
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,14 +23,16 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 def main(argv=None):
     p = ArgumentParser(description=__doc__)
     add_common_args(p, chunk_size='8M', out_dir=HERE, val_fraction=0.01)
-    p.add_argument('--dataset', default='roneneldan/TinyStories', help='Hugging Face dataset (default: %(default)s)')
+    p.add_argument('--dataset', help='Hugging Face dataset (default: roneneldan/TinyStories)')
     args = p.parse_args(argv)
     check_args(args)
+    if args.input and args.dataset:
+        raise UserError("--dataset and --input exclude each other: pass one")
     if args.input:
         corpus = Corpus(check_inputs(args.input, text_field=args.text_field), text_field=args.text_field)
     else:
-        corpus = Corpus(dataset=load_hf_dataset(args.dataset, split='train'), name=args.dataset,
-                        text_field=args.text_field)
+        dataset = args.dataset or 'roneneldan/TinyStories'
+        corpus = Corpus(dataset=load_hf_dataset(dataset, split='train'), name=dataset, text_field=args.text_field)
     char.prepare(corpus, args.out_dir, stories=True, val_fraction=args.val_fraction, seed=args.seed,
                  num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address)
 
