@@ -82,3 +82,38 @@ def test_prepare_ray_sbatch_starts_a_cluster_and_runs_the_script(tmp_path):
     local = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'local', '--num_workers', '1')
     assert local.returncode == 0, local.stderr
     assert [(tmp_path / 'out' / f).read_bytes() for f in BINS] == [(tmp_path / 'local' / f).read_bytes() for f in BINS]
+
+
+def test_driver_killed_on_the_cluster_keeps_the_previous_bins(tmp_path, ray_cluster):
+    """The prepare script itself SIGKILLed in the middle of pass 2 on the cluster (by one of its own tasks, so
+    that it happens mid-run every time): the bins of the previous run are untouched."""
+    from conftest import REPO
+    address, cluster_env = ray_cluster
+    corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
+    out = tmp_path / 'out'
+    r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', out, '--num_workers', '1', '--seed', '1')
+    assert r.returncode == 0, r.stderr
+    before = [(out / f).read_bytes() for f in BINS]
+    code = f"""
+import os, signal, sys
+sys.path.insert(0, {str(REPO)!r})
+from data import char
+from data.pipeline import Corpus
+
+
+def kill_driver(fn, driver):
+    def call(chunk, *args):
+        if chunk[2] > 0:  # a chunk after the first: pass 2 is under way
+            os.kill(driver, signal.SIGKILL)
+        return fn(chunk, *args)
+    return call
+
+
+char.encode_chunk = kill_driver(char.encode_chunk, os.getpid())
+char.prepare(Corpus([{str(corpus)!r}]), {str(out)!r}, stories=True, val_fraction=0.01, seed=2,
+             ray_address={address!r}, chunk_size=64 << 10)
+"""
+    r = subprocess.run([sys.executable, '-c', code], cwd=REPO, env={**os.environ, **cluster_env}, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == -9 and 'pass 2/2' in r.stderr, r.stdout + r.stderr  # killed, in pass 2
+    assert [(out / f).read_bytes() for f in BINS] == before
