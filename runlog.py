@@ -23,8 +23,6 @@ import time
 
 import torch
 
-from configurator import UserError
-
 
 def code_version():
     """The git commit of this code (with '+dirty' for local changes), logged with every run."""
@@ -86,11 +84,7 @@ class RunLog:
         self.wandb = wandb_run
         self.tensorboard = None
         if tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-            except ImportError:
-                raise UserError("tensorboard_log=True needs the tensorboard package: pip install tensorboard, "
-                                "or pass --tensorboard_log=False") from None
+            from torch.utils.tensorboard import SummaryWriter  # train.py checked that it imports
             # purge_step: a resumed run replaces the events after its checkpoint, as in log.jsonl
             self.tensorboard = SummaryWriter(os.path.join(out_dir, 'tensorboard'), purge_step=start_iter)
 

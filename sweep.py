@@ -99,12 +99,15 @@ def start(name, overrides, run_dir, base, extra, threads):
         env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     print(f"{'resuming' if state == 'resume' else 'starting'} {name}: python train.py {' '.join(args)}", flush=True)
     output = open(os.path.join(run_dir, 'sweep.log'), 'a')
-    return subprocess.Popen([sys.executable, TRAIN, *args], stdout=output, stderr=subprocess.STDOUT, env=env), output
+    start_offset = output.tell()  # this attempt's output starts here
+    proc = subprocess.Popen([sys.executable, TRAIN, *args], stdout=output, stderr=subprocess.STDOUT, env=env)
+    return proc, output, start_offset
 
 
-def error_line(run_dir):
-    """The one-line cause of a failed run, from its output."""
+def error_line(run_dir, start_offset):
+    """The one-line cause of a failed run, from this attempt's output."""
     with open(os.path.join(run_dir, 'sweep.log')) as f:
+        f.seek(start_offset)
         lines = [line.strip() for line in f if line.strip()]
     errors = [line for line in lines if line.startswith('error:')]
     return (errors or lines or ['failed without output'])[-1]
@@ -162,13 +165,16 @@ def main(argv):
                 continue
             running[run_name] = start(run_name, runs[run_name], run_dir, base, extra, threads)
         time.sleep(0.2)
-        for run_name, (proc, output) in list(running.items()):
+        for run_name, (proc, output, start_offset) in list(running.items()):
             if proc.poll() is None:
                 continue
             output.close()
             del running[run_name]
+            run_dir = os.path.join(out_dir, run_name)
             if proc.returncode != 0:
-                errors[run_name] = error_line(os.path.join(out_dir, run_name))
+                errors[run_name] = error_line(run_dir, start_offset)
+            elif status(run_dir) != 'done':  # stopped by a signal, with a checkpoint to resume from
+                errors[run_name] = "stopped before the end; run the sweep again to resume it"
             print(f"{run_name}: {errors.get(run_name, 'done')} ({time.time() - t0:.0f} s into the sweep)", flush=True)
 
     rows = [result_row(n, runs[n], os.path.join(out_dir, n), errors.get(n)) for n in runs]

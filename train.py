@@ -125,6 +125,12 @@ def check_config(cfg):
             check_gpt2_compatible(vars(cfg))
         except ValueError as e:
             raise ConfigError(str(e)) from None
+    if cfg.tensorboard_log:  # on every rank, before they join: none is left waiting for another
+        try:
+            import torch.utils.tensorboard  # noqa: F401
+        except ImportError:
+            raise UserError("tensorboard_log=True needs the tensorboard package: pip install tensorboard, "
+                            "or pass --tensorboard_log=False") from None
     if cfg.optimizer not in ('adamw', 'muon'):
         raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
     if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
@@ -194,7 +200,7 @@ def main(argv):
     # the per-rank seed for data and dropout is set after the model exists.
     torch.manual_seed(cfg.seed)
     iter_num, best_val_loss = 0, float('inf')
-    if cfg.init_from.startswith('gpt2') and vocab['tokenizer'] != 'gpt2':
+    if (cfg.init_from.startswith('gpt2') or os.path.isdir(cfg.init_from)) and vocab['tokenizer'] != 'gpt2':
         raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
     # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context
     model, ckpt = build_model(cfg.init_from, cfg.out_dir, model_args_from(cfg, vocab), log=print0)
@@ -221,6 +227,11 @@ def main(argv):
     if cfg.block_size < model.config.block_size:
         model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
     model_args = {**{k: getattr(model.config, k) for k in ARCHITECTURE}, 'dropout': cfg.dropout}
+    for k in ARCHITECTURE:  # the config records the model that runs, which a checkpoint or GPT-2 decides
+        if k in DEFAULTS and getattr(cfg, k) != model_args[k]:
+            if getattr(cfg, k) != DEFAULTS[k] and k != 'block_size':
+                print0(f"note: {k}={getattr(cfg, k)!r} is ignored: the model from {cfg.init_from} has {k}={model_args[k]!r}")
+            setattr(cfg, k, model_args[k])
     model.to(device)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
 
@@ -234,7 +245,14 @@ def main(argv):
     torch.manual_seed(cfg.seed + launch.rank)
     loader_generator.manual_seed(cfg.seed + launch.rank)
     if cfg.init_from == 'resume':
+        saved_optimizer = ckpt.get('config', {}).get('optimizer', 'adamw')
+        if saved_optimizer != cfg.optimizer:
+            raise UserError(f"{cfg.out_dir}/ckpt.pt was trained with optimizer={saved_optimizer!r}; resume it with "
+                            f"--optimizer={saved_optimizer}")
+        settings = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
         optimizer.load_state_dict(ckpt['optimizer'])
+        for group, setting in zip(optimizer.param_groups, settings):
+            group.update(setting)  # the moments are the checkpoint's; learning rates, decay and betas the config's
         if ckpt.get('scaler'):
             scaler.load_state_dict(ckpt['scaler'])
         rng = ckpt.get('rng') or []
@@ -376,8 +394,9 @@ def main(argv):
             raise UserError("wandb_log=True needs the wandb package: pip install wandb, or pass --wandb_log=False") from None
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
     start_iter = iter_num
+    # an evaluation-only run leaves the training run's log and config as they are
     log = RunLog(cfg.out_dir, {**vars(cfg), 'n_params': raw_model.get_num_params()}, run_info, start_iter,
-                 enabled=master, wandb_run=wandb, tensorboard=cfg.tensorboard_log)
+                 enabled=master and not cfg.eval_only, wandb_run=wandb, tensorboard=cfg.tensorboard_log)
     device_peak, peak_source = device_peak_flops(device, cfg.dtype, cfg.peak_flops) if master else (None, "")
     print0(f"MFU: against {device_peak / 1e12:.2f} TFLOP/s per device, {peak_source}" if device_peak else f"MFU: n/a, {peak_source}")
     stop = None  # the signal that ended the run early, if any

@@ -108,3 +108,11 @@ def test_sweep_reports_every_run_and_a_restart_skips_the_finished_ones(shakespea
     assert [e['iter'] for e in wider if 'loss' in e] == list(range(4, 60, 5))  # resumed: none missing or twice
     assert (out / 'loss.png').read_bytes()[:8] == PNG_SIGNATURE
     assert restarted.stderr.strip().splitlines() == ["error: 1 of 3 runs failed: broken (see the table)"]
+
+
+def test_an_evaluation_only_run_leaves_the_training_log_alone(run_with_snapshots):
+    before = {name: (run_with_snapshots / name).read_bytes() for name in ('log.jsonl', 'config.json')}
+    out = run_script('train.py', *TRAIN, '--out_dir=out-exp', '--init_from=resume', '--eval_only=True',
+                     '--eval_full_val=True', cwd=run_with_snapshots.parent).stdout
+    assert 'val loss on the whole val set' in out
+    assert {name: (run_with_snapshots / name).read_bytes() for name in before} == before

@@ -101,3 +101,12 @@ def test_a_muon_run_resumes_bitwise_after_sigkill(shakespeare_workdir, tmp_path)
         assert torch.equal(resumed['model'][name], weights), name
     momenta = [s['momentum_buffer'] for s in resumed['optimizer']['state'].values() if 'momentum_buffer' in s]
     assert len(momenta) == 8 and all(m.abs().sum() > 0 for m in momenta)  # Muon's state was saved and restored
+
+
+def test_resuming_with_another_optimizer_is_refused_in_one_line(shakespeare_workdir, tmp_path):
+    args = [*MUON[:-2], '--max_iters=5', f'--out_dir={tmp_path}']  # AdamW, without dropout
+    run_script('train.py', *args, cwd=shakespeare_workdir)
+    proc = run_script('train.py', *args, '--max_iters=10', '--init_from=resume', '--optimizer=muon',
+                      cwd=shakespeare_workdir, check=False)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        f"error: {tmp_path}/ckpt.pt was trained with optimizer='adamw'; resume it with --optimizer=adamw"]
