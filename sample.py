@@ -17,7 +17,6 @@ from types import SimpleNamespace
 
 import torch
 
-import checkpoint
 import configurator
 from configurator import ConfigError, UserError
 from data.bpe import get_encoding

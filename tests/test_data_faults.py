@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, load_prepared
+from conftest import REPO, SHARED_DATA
 from data import bpe, char
 from data.pipeline import Corpus, UserError
 

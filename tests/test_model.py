@@ -4,9 +4,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from torch import nn
 
-from model import (ARCHITECTURE, GPT, MLP, OPTIONS, CausalSelfAttention, GPTConfig, KVCache, RMSNorm, Rotary,
+from model import (ARCHITECTURE, GPT, MLP, OPTIONS, CausalSelfAttention, GPTConfig, KVCache, Rotary,
                    sample_next_token)
 
 
