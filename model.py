@@ -480,7 +480,7 @@ class KVCache:
     def __init__(self, model):
         cfg = model.config
         assert not (model.training and cfg.dropout > 0), \
-            "the cache runs the network without dropout: call model.eval() first"
+            "cached positions must not change under dropout: call model.eval() first"
         self.model, self.max_len = model, cfg.block_size
         self.length = 0  # positions filled; the next token goes at this position
         # per layer, one buffer for max_len positions (keys and values stacked), allocated on
