@@ -82,22 +82,21 @@ OPTIONS = ('attn_impl', 'pos_enc', 'norm', 'qk_norm', 'mlp', 'residual', 'attent
            'logit_softcap', 'zero_init_proj')
 # the GPTConfig fields that define the model (dropout does not), as checkpoints record them
 ARCHITECTURE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', *OPTIONS)
+GPT2_DEFAULTS = {f.name: f.default for f in fields(GPTConfig)}
 
 
 def architecture_of(model_args):
     """The GPTConfig fields a checkpoint's model_args define; a checkpoint written before an
     option existed lacks its key, and gets the default: GPT-2's."""
-    defaults = {f.name: f.default for f in fields(GPTConfig)}
-    return {k: model_args.get(k, defaults[k]) for k in ARCHITECTURE}
+    return {k: model_args.get(k, GPT2_DEFAULTS[k]) for k in ARCHITECTURE}
 
 
 def check_gpt2_compatible(args):
     """OpenAI's GPT-2 weights only fit GPT-2's architecture: refuse any option set otherwise."""
-    defaults = {f.name: f.default for f in fields(GPTConfig)}
     for key in OPTIONS:
-        if key in args and args[key] != defaults[key]:
+        if key in args and args[key] != GPT2_DEFAULTS[key]:
             raise ValueError(f"OpenAI's GPT-2 weights need GPT-2's architecture, so {key}={args[key]!r} is not "
-                             f"possible with them; drop the option (default {defaults[key]!r})")
+                             f"possible with them; drop the option (default {GPT2_DEFAULTS[key]!r})")
 
 
 class RMSNorm(nn.Module):

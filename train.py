@@ -133,6 +133,11 @@ def check_config(cfg):
                             "or pass --tensorboard_log=False") from None
     if cfg.optimizer not in ('adamw', 'muon'):
         raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
+    if not (math.isfinite(cfg.muon_lr) and cfg.muon_lr > 0) or not 0 <= cfg.muon_momentum < 1:
+        raise ConfigError(f"muon_lr must be a positive number and muon_momentum in [0, 1), "
+                          f"got {cfg.muon_lr} and {cfg.muon_momentum}")
+    if cfg.muon_weight_decay < 0 or cfg.peak_flops < 0:
+        raise ConfigError("muon_weight_decay and peak_flops must be 0 or more")
     if cfg.dtype not in ('auto', 'float32', 'bfloat16', 'float16'):
         raise ConfigError(f"dtype must be 'float32', 'bfloat16' or 'float16', got {cfg.dtype!r}")
     if cfg.compile not in (None, True, False):

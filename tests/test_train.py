@@ -295,6 +295,7 @@ BAD_INPUTS = [
     ('train.py', ['--max_iters=-5'], None, r"max_iters must be 0 or more, got -5"),
     ('train.py', ['--learning_rate=0'], None, r"learning_rate must be in \(0, 1\), got 0.0"),
     ('train.py', ['--learning_rate=5'], None, r"learning_rate must be in \(0, 1\), got 5.0"),
+    ('train.py', ['--optimizer=muon', '--muon_lr=-0.02'], None, r"muon_lr must be a positive number"),
     ('sample.py', ['--start=Größe'], None, r"the prompt has characters the model's vocabulary lacks: 'ß' 'ö'"),
     ('sample.py', ['--top_p=0'], None, r"top_p must be in \(0, 1\], got 0"),
     ('sample.py', ['--start=FILE:missing.txt'], None, r"prompt file not found: missing.txt"),
