@@ -123,8 +123,9 @@ def check_kind(path):
         try:
             with zipfile.ZipFile(path) as z:
                 names = z.namelist()
-        except (zipfile.BadZipFile, OSError, ValueError):
-            return  # a torch checkpoint cut short loses the zip's index: torch.load tells, as truncated
+        except (zipfile.BadZipFile, OSError, ValueError):  # the index at the end of the zip is gone
+            raise UserError(f"checkpoint {path} is corrupt or truncated (its zip archive has no end: cut short?); "
+                            f"use an earlier checkpoint or start again") from None
         if not any(n.endswith('data.pkl') for n in names):
             raise UserError(f"{path} is a zip archive but not a torch checkpoint (no data.pkl in it); {NOT_A_CHECKPOINT}")
         return
