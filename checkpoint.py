@@ -8,6 +8,8 @@ Checkpoints that survive being killed at any moment, and that resume a run exact
   same dropout masks as a run that was never stopped.
 - Loading uses torch.load(weights_only=True): tensors, numbers, strings and containers
   only, so a checkpoint cannot run code. The metadata (config, model args) is plain JSON.
+  Anything else given as a checkpoint (a text file, another program's pickle, a truncated
+  file, ...) is refused in one line that says what it is (check_kind).
 
 Usage as a script, to export the weights alone (for sample.py or init_from=<path>):
 
