@@ -17,7 +17,6 @@ on the same out_dir stops at start-up with one line that names the holder.
 """
 
 import atexit
-import errno
 import fcntl
 import json
 import os
@@ -28,8 +27,6 @@ import time
 from configurator import UserError
 
 LOCK_FILE = '.lock'
-# what flock raises on a filesystem that cannot lock (ENOTSUP is EOPNOTSUPP on Linux)
-NO_FLOCK = {errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL}
 # squeue states in which a job's processes may still run and write
 LIVE_JOB_STATES = {'RUNNING', 'COMPLETING', 'CONFIGURING', 'SUSPENDED', 'STOPPED', 'SIGNALING', 'STAGE_OUT',
                    'RESIZING', 'REQUEUED'}
@@ -61,11 +58,11 @@ def acquire(out_dir, log=print):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         flocked = True
-    except OSError as e:
-        if e.errno not in NO_FLOCK:  # EWOULDBLOCK: a live process holds it
-            holder = read_record(fd)
-            os.close(fd)
-            raise UserError(refusal(out_dir, holder)) from None
+    except BlockingIOError:  # a live process holds it
+        holder = read_record(fd)
+        os.close(fd)
+        raise UserError(refusal(out_dir, holder)) from None
+    except OSError:  # this filesystem cannot flock (ENOLCK, EOPNOTSUPP, ...): the record decides alone
         flocked = False
     holder = read_record(fd)
     state = holder_state(holder, flocked) if holder else 'gone'
@@ -77,8 +74,12 @@ def acquire(out_dir, log=print):
             f"going on as if it had ended")
     record = {'host': socket.gethostname(), 'pid': os.getpid(), 'pid_start': process_start(os.getpid()),
               'slurm_job': os.environ.get('SLURM_JOB_ID'), 'started': time.strftime('%Y-%m-%d %H:%M:%S')}
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, (json.dumps(record) + '\n').encode(), 0)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, (json.dumps(record) + '\n').encode(), 0)
+    except OSError as e:
+        os.close(fd)
+        raise UserError(f"cannot write {path} ({e.strerror}); free some space or choose another --out_dir") from None
     lock = RunLock(fd)
     atexit.register(lock.release)  # an error exit empties the record too; only a kill leaves it behind
     return lock
