@@ -1,7 +1,7 @@
 """
-What train.py, sample.py and bench.py need before their first step, written once: the device
-and precision to run on, a dataset's vocabulary and token batches, and the model that
-init_from names (a new one, a checkpoint, or OpenAI's GPT-2 weights).
+What train.py, sample.py, eval.py and bench.py need before their first step, written once: the
+device and precision to run on, a dataset's vocabulary, text to tokens and back, token batches,
+and the model that init_from names (a new one, a checkpoint, or OpenAI's GPT-2 weights).
 """
 
 import codecs
