@@ -165,7 +165,6 @@ def export_hf(ckpt, directory):
         'torch_dtype': 'float32',
     }
     weights = {}
-    n_embd = args['n_embd']
     for name, value in ckpt['model'].items():
         name = name.replace('attn.mha.in_proj_', 'attn.c_attn.').replace('attn.mha.out_proj.', 'attn.c_proj.')
         if name == 'lm_head.weight':
@@ -231,9 +230,10 @@ def export(argv):
     written = export_hf(ckpt, dst)
     print(f"wrote {dst}/: {', '.join(written)}")
     if 'vocab.json' not in written:
-        tokenizer = (ckpt.get('vocab') or {}).get('tokenizer', 'unknown')
-        print(f"note: no tokenizer files: the model's vocabulary ({tokenizer}) is not GPT-2's BPE, which is the only "
-              f"one Hugging Face's GPT-2 tokenizer files can hold")
+        vocab = ckpt.get('vocab') or {}
+        print(f"note: no tokenizer files: Hugging Face's GPT-2 tokenizer holds GPT-2's BPE only, and this model's "
+              f"vocabulary is {vocab.get('tokenizer', 'not recorded')} ({vocab.get('vocab_size', '?')} tokens); "
+              f"transformers loads the model, lm_eval would need a tokenizer")
 
 
 if __name__ == '__main__':

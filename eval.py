@@ -67,30 +67,33 @@ def main(argv):
     model, vocab, ckpt = load_model(cfg.init_from, cfg.out_dir)
     model.eval()
     model.to(device)
-    metrics = {}
+    # every input is found and checked before the first evaluation starts
     if 'bpb' in names:
         name = cfg.dataset or (ckpt or {}).get('config', {}).get('dataset')
         if not name:
             raise UserError("the checkpoint does not say which dataset it was trained on: pass --dataset=NAME")
         data_dir = os.path.join('data', name)
         data_vocab = read_vocab(data_dir)
-        same = ('tokenizer', 'vocab_size', 'itos')
-        if any(data_vocab.get(k) != vocab.get(k) for k in same):
+        if any(data_vocab.get(k) != vocab.get(k) for k in ('tokenizer', 'vocab_size', 'itos')):
             raise UserError(f"the vocabulary in {data_dir} ({data_vocab['tokenizer']}, {data_vocab['vocab_size']} "
                             f"tokens) differs from the model's ({vocab['tokenizer']}, {vocab['vocab_size']} tokens): "
                             f"pass the --dataset it was trained on")
-        path = os.path.join(data_dir, 'val.bin')
-        check_token_file(path, data_vocab['dtype'], 1, name)
-        loss_sum, n_tokens, n_bytes = evaluation.split_sums(
-            model, path, data_vocab['dtype'], model.config.block_size, cfg.batch_size, device, autocast,
-            token_bytes=evaluation.token_byte_lengths(vocab), progress=True)
-        metrics['val_loss_full'] = loss_sum / n_tokens
-        metrics['val_bpb'] = evaluation.bits_per_byte(loss_sum, n_bytes)
-        print(f"val_loss_full {metrics['val_loss_full']:.4f} (mean over {int(n_tokens):,} tokens of {path})")
-        print(f"val_bpb {metrics['val_bpb']:.4f} (bits per byte, over {int(n_bytes):,} bytes)")
+        val_path = os.path.join(data_dir, 'val.bin')
+        check_token_file(val_path, data_vocab['dtype'], 1, name)
     if 'hellaswag' in names:
         examples = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), cfg.hellaswag_limit,
                                              log=lambda line: print(line, file=sys.stderr))
+
+    metrics = {}
+    if 'bpb' in names:
+        loss_sum, n_tokens, n_bytes = evaluation.split_sums(
+            model, val_path, data_vocab['dtype'], model.config.block_size, cfg.batch_size, device, autocast,
+            token_bytes=evaluation.token_byte_lengths(vocab), progress=True)
+        metrics['val_loss_full'] = loss_sum / n_tokens
+        metrics['val_bpb'] = evaluation.bits_per_byte(loss_sum, n_bytes)
+        print(f"val_loss_full {metrics['val_loss_full']:.4f} (mean over {int(n_tokens):,} tokens of {val_path})")
+        print(f"val_bpb {metrics['val_bpb']:.4f} (bits per byte, over {int(n_bytes):,} bytes)")
+    if 'hellaswag' in names:
         n, acc, acc_norm = evaluation.hellaswag_accuracy(model, examples, device, autocast,
                                                          batch_size=cfg.batch_size, progress=True)
         metrics.update(hellaswag_acc=acc, hellaswag_acc_norm=acc_norm)

@@ -17,6 +17,7 @@ run and summed:
 import json
 import math
 import os
+import sys
 from typing import NamedTuple
 
 import numpy as np
@@ -98,7 +99,7 @@ def hellaswag_file(path=''):
         except OSError as e:
             raise UserError(f"cannot create {cache} for HellaSwag's data ({e.strerror}); download "
                             f"{HELLASWAG_URL} yourself and pass it with --hellaswag_file=PATH") from None
-        print(f"downloading {HELLASWAG_URL} to {cached}")
+        print(f"downloading {HELLASWAG_URL} to {cached}", file=sys.stderr)
         download(HELLASWAG_URL, cached, offline="pass a copy of the file with --hellaswag_file=PATH")
     return cached
 

@@ -361,6 +361,30 @@ metric_list:
     assert round(harness_acc, 4) == metric(ours, 'hellaswag_acc')
 
 
+def test_hellaswag_file_is_downloaded_once_into_the_cache(tmp_path, monkeypatch):
+    import http.server
+    import threading
+    import evaluation
+    served = tmp_path / 'served'
+    served.mkdir()
+    write_hellaswag(served / 'hellaswag_val.jsonl', c4_sentences(), 5)
+    handler = lambda *args: http.server.SimpleHTTPRequestHandler(*args, directory=str(served))  # noqa: E731
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setattr(evaluation, 'HELLASWAG_URL', f'http://127.0.0.1:{server.server_port}/hellaswag_val.jsonl')
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path / 'cache'))
+    monkeypatch.setenv('no_proxy', '127.0.0.1')
+    try:
+        path = evaluation.hellaswag_file('')
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert path == str(tmp_path / 'cache' / 'nanogpt' / 'hellaswag_val.jsonl')
+    assert Path(path).read_bytes() == (served / 'hellaswag_val.jsonl').read_bytes()
+    assert evaluation.hellaswag_file('') == path  # the server is gone: the cached copy is used
+    assert len(evaluation.read_hellaswag(path)) == 5 and len(evaluation.read_hellaswag(path, limit=3)) == 3
+
+
 # -----------------------------------------------------------------------------
 # bad input: one line on stderr, a non-zero exit, no traceback
 
