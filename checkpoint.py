@@ -11,9 +11,11 @@ Checkpoints that survive being killed at any moment, and that resume a run exact
   Anything else given as a checkpoint (a text file, another program's pickle, a truncated
   file, ...) is refused in one line that says what it is (check_kind).
 
-Usage as a script, to export the weights alone (for sample.py or init_from=<path>):
+Usage as a script, to export the weights alone (for sample.py, eval.py or init_from=<path>), or
+a Hugging Face GPT-2 directory (for transformers and EleutherAI's lm_eval):
 
     python checkpoint.py export out/ckpt.pt out/model.pt
+    python checkpoint.py export out/ckpt.pt out/hf --format=hf
 """
 
 import codecs
@@ -31,6 +33,7 @@ import numpy as np
 import torch
 
 from configurator import UserError
+from model import CONV1D_WEIGHTS, GPT2_DEFAULTS, OPTIONS, architecture_of
 
 FORMAT_VERSION = 1
 
@@ -216,14 +219,109 @@ def _as_tuples(x):
     return tuple(_as_tuples(v) for v in x) if isinstance(x, (list, tuple)) else x
 
 
-if __name__ == '__main__':
-    def export(argv):
-        if len(argv) != 3 or argv[0] != 'export':
-            raise UserError("usage: python checkpoint.py export SRC_CKPT DST")
-        src, dst = argv[1:]
-        ckpt = load(src)
+# -----------------------------------------------------------------------------
+# export
+
+def export_hf(ckpt, directory):
+    """Write a checkpoint's model as a Hugging Face GPT-2 directory (config.json, model.safetensors and,
+    for GPT-2 BPE vocabularies, the tokenizer's files) that transformers' GPT2LMHeadModel loads and
+    EleutherAI's lm_eval runs. Hugging Face's GPT-2 has GPT-2's architecture only: any other option is
+    refused; attn_impl, which changes how attention is computed and not what, may be any. Returns the
+    files written."""
+    args = architecture_of(ckpt['model_args'])
+    for key in OPTIONS:
+        if key != 'attn_impl' and args[key] != GPT2_DEFAULTS[key]:
+            raise UserError(f"--format=hf writes Hugging Face's GPT-2, which has no option {key}={args[key]!r} "
+                            f"(GPT-2's is {GPT2_DEFAULTS[key]!r}); export this model with --format=pt")
+    try:
+        from safetensors.torch import save_file
+    except ImportError:
+        raise UserError("--format=hf needs the safetensors package: pip install safetensors") from None
+    vocab = ckpt.get('vocab') or {}
+    is_gpt2_bpe = vocab.get('tokenizer') in ('gpt2', 'r50k_base')  # r50k_base is GPT-2's BPE under another name
+    itos = vocab.get('itos', [])
+    eot = 50256 if is_gpt2_bpe else itos.index('<|endoftext|>') if '<|endoftext|>' in itos else None
+    config = {
+        'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
+        'vocab_size': args['vocab_size'], 'n_positions': args['block_size'], 'n_ctx': args['block_size'],
+        'n_embd': args['n_embd'], 'n_layer': args['n_layer'], 'n_head': args['n_head'], 'n_inner': None,
+        'activation_function': 'gelu_new',  # the tanh approximation, as model.MLP computes it
+        'layer_norm_epsilon': 1e-5, 'initializer_range': 0.02, 'tie_word_embeddings': True,
+        'resid_pdrop': 0.0, 'embd_pdrop': 0.0, 'attn_pdrop': 0.0, 'bos_token_id': eot, 'eos_token_id': eot,
+        'torch_dtype': 'float32',
+    }
+    weights = {}
+    for name, value in ckpt['model'].items():
+        name = name.replace('attn.mha.in_proj_', 'attn.c_attn.').replace('attn.mha.out_proj.', 'attn.c_proj.')
+        if name == 'lm_head.weight':
+            continue  # tied to transformer.wte.weight, which Hugging Face ties back on loading
+        weights[name] = (value.t() if name.endswith(CONV1D_WEIGHTS) else value).float().contiguous()
+    if not args['bias']:  # Hugging Face's GPT-2 always has biases: zeros compute the same
+        for name in list(weights):
+            if name.endswith(('ln_1.weight', 'ln_2.weight', 'ln_f.weight', '.c_attn.weight', '.c_proj.weight',
+                              '.c_fc.weight')):
+                weights[name[:-len('weight')] + 'bias'] = torch.zeros(weights[name].shape[-1])
+    os.makedirs(directory, exist_ok=True)
+    written = ['config.json', 'model.safetensors']
+    with open(os.path.join(directory, 'config.json'), 'w') as f:
+        json.dump(config, f, indent=2)
+    save_file(weights, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
+    if is_gpt2_bpe:
+        written += write_gpt2_tokenizer(directory, args['block_size'])
+    return written
+
+
+def write_gpt2_tokenizer(directory, max_length):
+    """GPT-2's tokenizer files in Hugging Face's layout: vocab.json and merges.txt are OpenAI's
+    encoder.json and vocab.bpe, byte for byte, read through tiktoken's cache (so offline too)."""
+    import tiktoken.load
+    base = 'https://openaipublic.blob.core.windows.net/gpt-2/encodings/main/'
+    files = {'vocab.json': ('encoder.json', '196139668be63f3b5d6574427317ae82f612a97c5d1cdaf36ed2256dbf636783'),
+             'merges.txt': ('vocab.bpe', '1ce1664773c50f3e0cc8842619a93edc4624525b728b188a9e0be33b7726adc5')}
+    for name, (source, sha256) in files.items():
+        try:
+            data = tiktoken.load.read_file_cached(base + source, sha256)
+        except Exception as e:  # no network, or a cache without the file
+            raise UserError(f"cannot read GPT-2's {source} ({type(e).__name__}) for the tokenizer files: tiktoken "
+                            f"caches it in $TIKTOKEN_CACHE_DIR; offline, set TIKTOKEN_CACHE_DIR to a folder seeded on a "
+                            f"machine with internet by: TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import "
+                            f"tiktoken; tiktoken.get_encoding('gpt2')\"") from None
+        with open(os.path.join(directory, name), 'wb') as f:
+            f.write(data)
+    with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
+        json.dump({'tokenizer_class': 'GPT2Tokenizer', 'model_max_length': max_length, 'bos_token': '<|endoftext|>',
+                   'eos_token': '<|endoftext|>', 'unk_token': '<|endoftext|>', 'add_prefix_space': False}, f, indent=2)
+    return [*files, 'tokenizer_config.json']
+
+
+def export(argv):
+    """python checkpoint.py export SRC DST [--format=pt|hf]"""
+    usage = "usage: python checkpoint.py export SRC DST [--format=pt|hf]"
+    options = dict(a[2:].partition('=')[::2] for a in argv if a.startswith('--'))
+    positional = [a for a in argv if not a.startswith('--')]
+    if positional[:1] != ['export'] or len(positional) != 3 or set(options) - {'format'}:
+        raise UserError(usage)
+    src, dst = positional[1:]
+    fmt = options.get('format', 'pt')
+    if fmt not in ('pt', 'hf'):
+        raise UserError(f"--format must be pt (weights only, for sample.py, eval.py and init_from) or hf "
+                        f"(a Hugging Face GPT-2 directory), got {fmt!r}")
+    ckpt = load(src)
+    if fmt == 'pt':
         save(inference_state(ckpt), dst)
         print(f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MiB, from {os.path.getsize(src) / 2**20:.1f} MiB)")
+        return
+    if os.path.exists(dst) and not os.path.isdir(dst):
+        raise UserError(f"--format=hf writes a directory, and {dst} is a file")
+    written = export_hf(ckpt, dst)
+    print(f"wrote {dst}/: {', '.join(written)}")
+    if 'vocab.json' not in written:
+        vocab = ckpt.get('vocab') or {}
+        print(f"note: no tokenizer files: Hugging Face's GPT-2 tokenizer holds GPT-2's BPE only, and this model's "
+              f"vocabulary is {vocab.get('tokenizer', 'not recorded')} ({vocab.get('vocab_size', '?')} tokens); "
+              f"transformers loads the model, lm_eval would need a tokenizer")
 
+
+if __name__ == '__main__':
     from configurator import run
     run(export, sys.argv[1:])

@@ -1,12 +1,14 @@
 """
-What train.py, sample.py and bench.py need before their first step, written once: the device
-and precision to run on, a dataset's vocabulary and token batches, and the model that
-init_from names (a new one, a checkpoint, or OpenAI's GPT-2 weights).
+What train.py, sample.py, eval.py and bench.py need before their first step, written once: the
+device and precision to run on, a dataset's vocabulary, text to tokens and back, token batches,
+and the model that init_from names (a new one, a checkpoint, or OpenAI's GPT-2 weights).
 """
 
+import codecs
 import json
 import os
 import pickle
+import re
 from contextlib import nullcontext
 
 import numpy as np
@@ -15,6 +17,7 @@ from tqdm import tqdm
 
 import checkpoint
 from configurator import ConfigError, UserError
+from data.bpe import get_encoding
 from model import ARCHITECTURE, GPT, OPTIONS, GPTConfig, architecture_of
 
 
@@ -87,6 +90,53 @@ def model_vocab_size(vocab):
     # loss at init is ln(vocab_size) and its numbers compare with nanoGPT's.
     n = vocab['vocab_size']
     return n if vocab['tokenizer'] == 'char' else (n + 63) // 64 * 64
+
+
+class Codec:
+    """Text <-> token ids for a model's vocabulary: characters (with meta.json's itos) or a tiktoken BPE."""
+
+    def __init__(self, vocab):
+        self.vocab = vocab
+        if vocab['tokenizer'] == 'char':
+            self.itos = vocab['itos']
+            self.stoi = {s: i for i, s in enumerate(self.itos)}
+            # symbols longer than one character, such as <|endoftext|>, are matched whole
+            specials = sorted((s for s in self.itos if len(s) > 1), key=len, reverse=True)
+            self.special_re = re.compile('|'.join(map(re.escape, specials))) if specials else None
+        else:
+            self.enc = get_encoding(vocab['tokenizer'])
+
+    def encode(self, text):
+        if self.vocab['tokenizer'] != 'char':
+            return self.enc.encode(text, allowed_special={'<|endoftext|>'})
+        pieces = self.special_re.split(text) if self.special_re else [text]
+        specials = self.special_re.findall(text) if self.special_re else []
+        unknown = sorted({c for piece in pieces for c in piece if c not in self.stoi})
+        if unknown:
+            raise UserError(f"the prompt has characters the model's vocabulary lacks: "
+                            f"{' '.join(repr(c) for c in unknown)}")
+        ids = []
+        for i, piece in enumerate(pieces):
+            ids.extend(self.stoi[c] for c in piece)
+            if i < len(specials):
+                ids.append(self.stoi[specials[i]])
+        return ids
+
+    def decode(self, ids):
+        if self.vocab['tokenizer'] == 'char':
+            return ''.join(self.itos[i] for i in ids)
+        return self.enc.decode(ids)
+
+    def decode_stream(self, ids):
+        """Yield the text of a stream of token ids as soon as it is printable. A BPE token can end
+        inside a UTF-8 character, so its bytes wait in an incremental decoder until it is whole."""
+        if self.vocab['tokenizer'] == 'char':
+            yield from (self.itos[i] for i in ids)
+            return
+        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
+        for i in ids:
+            yield utf8.decode(self.enc.decode_single_token_bytes(i))
+        yield utf8.decode(b'', final=True)
 
 
 def check_token_file(path, dtype, block_size, dataset):
@@ -224,3 +274,24 @@ def load_gpt2(name, override_args):
         raise UserError("GPT-2 weights need the transformers package: pip install transformers") from None
     except OSError as e:  # an unknown name, no network, or a directory without a GPT-2 checkpoint
         raise UserError(f"cannot load GPT-2 weights {name!r}: {str(e).splitlines()[0]}") from None
+
+
+def load_model(init_from, out_dir):
+    """(model, vocabulary, checkpoint) for inference: from a checkpoint, whose entries other than
+    the weights and the training state come back as its third item, or from GPT-2 weights (None)."""
+    if init_from == 'scratch':
+        raise ConfigError("init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got 'scratch'")
+    model, ckpt = build_model(init_from, out_dir, {'dropout': 0.0})
+    if ckpt is None:  # OpenAI's GPT-2
+        return model, {'tokenizer': 'gpt2', 'vocab_size': 50257}, None
+    ckpt = {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer', 'scaler', 'rng')}
+    vocab = ckpt.get('vocab')
+    if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
+        path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
+        data_dir = os.path.join('data', ckpt.get('config', {}).get('dataset', ''))
+        vocab = read_vocab(data_dir)
+        n_outputs = model.config.vocab_size
+        if vocab['vocab_size'] > n_outputs or (vocab['tokenizer'] == 'char' and vocab['vocab_size'] != n_outputs):
+            raise UserError(f"{path} holds no vocabulary and the one in {data_dir} "
+                            f"({vocab['tokenizer']}, {vocab['vocab_size']} tokens) does not fit its {n_outputs} outputs")
+    return model, vocab, ckpt

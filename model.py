@@ -83,6 +83,8 @@ OPTIONS = ('attn_impl', 'pos_enc', 'norm', 'qk_norm', 'mlp', 'residual', 'attent
 # the GPTConfig fields that define the model (dropout does not), as checkpoints record them
 ARCHITECTURE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', *OPTIONS)
 GPT2_DEFAULTS = {f.name: f.default for f in fields(GPTConfig)}
+# Hugging Face's GPT-2 holds these weights in "Conv1D" modules, which store a Linear's weight transposed
+CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
 
 def architecture_of(model_args):
@@ -381,11 +383,9 @@ class GPT(nn.Module):
         sd_hf = {k: v for k, v in model_hf.state_dict().items()
                  if not k.endswith('.attn.masked_bias') and not k.endswith('.attn.bias')}  # buffers, not weights
         assert set(sd_hf) == set(sd), f"mismatched keys: {sorted(set(sd_hf) ^ set(sd))}"
-        # The OpenAI checkpoints use a "Conv1D" module, which stores Linear weights transposed.
-        transposed = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
         with torch.no_grad():
             for k, v in sd_hf.items():
-                v = v.t() if k.endswith(transposed) else v
+                v = v.t() if k.endswith(CONV1D_WEIGHTS) else v
                 assert v.shape == sd[k].shape, f"{k}: {v.shape} vs {sd[k].shape}"
                 sd[k].copy_(v)
         return model

@@ -2,16 +2,17 @@
 A run's own record, beside its checkpoints, for plot.py, sweep.py and anyone with a text editor:
 
 - out_dir/log.jsonl: one JSON object per line, at every log step (iter, loss, lr, ms_per_iter,
-  tokens_per_s, mfu, wall_s) and every evaluation (iter, train_loss, val_loss, lr, wall_s), and
-  val_loss_full when the whole val set is evaluated at the end. Each line is flushed as it is
-  written, so a crash loses at most the line being written.
+  tokens_per_s, mfu, wall_s) and every evaluation (iter, train_loss, val_loss, lr, wall_s), with
+  hellaswag_acc and hellaswag_acc_norm every hellaswag_interval, and val_loss_full and val_bpb when
+  the whole val set is evaluated at the end. eval.py appends its metrics with source 'eval.py'.
+  Each line is flushed as it is written, so a crash loses at most the line being written.
 - out_dir/config.json: the run's full config and where it ran: code version (with the diff of a
   dirty tree), torch, CUDA, device, host.
 
 A resumed run continues the log where its checkpoint left off: the lines of iterations after
-the checkpoint, which the resumed run computes again, are dropped first, so no iteration is
-missing or logged twice, and wall_s continues from the last line kept. The same numbers go to
-wandb and TensorBoard when asked for; neither is required.
+the checkpoint, which the resumed run computes again, are dropped first (eval.py's stay), so no
+iteration is missing or logged twice, and wall_s continues from the last line kept. The same
+numbers go to wandb and TensorBoard when asked for; neither is required.
 """
 
 import json
@@ -74,7 +75,9 @@ class RunLog:
         if not enabled:
             return
         self.path = os.path.join(out_dir, 'log.jsonl')
-        kept = [e for e in read_log(self.path) if e['iter'] < start_iter] if os.path.exists(self.path) else []
+        # an evaluation by eval.py (source) is of a checkpoint the resumed run does not recompute: it stays
+        kept = [e for e in read_log(self.path) if e['iter'] < start_iter or e.get('source') == 'eval.py'] \
+            if os.path.exists(self.path) else []
         _write_atomically(self.path, ''.join(json.dumps(e) + '\n' for e in kept))
         _write_atomically(os.path.join(out_dir, 'config.json'),
                           json.dumps({'config': config, 'provenance': provenance}, indent=2) + '\n')
@@ -109,6 +112,12 @@ class RunLog:
             self.file.close()
             if self.tensorboard:
                 self.tensorboard.close()
+
+
+def append(path, entry):
+    """Append one entry to a log.jsonl from outside a run (eval.py), keeping the lines there."""
+    with open(path, 'a') as f:
+        f.write(json.dumps(entry) + '\n')
 
 
 def _write_atomically(path, text):

@@ -7,10 +7,8 @@ $ python sample.py --init_from=out/model.pt --start=FILE:prompt.txt --top_p=0.9
 $ python sample.py --out_dir=out --snapshots=True --num_samples=1   # the same prompt from every ckpt_*.pt
 """
 
-import codecs
 import glob
 import os
-import re
 import sys
 import time
 from types import SimpleNamespace
@@ -19,8 +17,7 @@ import torch
 
 import configurator
 from configurator import ConfigError, UserError
-from data.bpe import get_encoding
-from loading import autocast_context, build_model, read_vocab, resolve_device, resolve_dtype
+from loading import Codec, autocast_context, load_model, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -40,72 +37,6 @@ dtype = 'auto'  # 'float32', 'bfloat16' or 'float16'; auto: bfloat16 where suppo
 compile = False  # torch.compile the per-token step; compiling takes a while: for long generations on GPUs
 # -----------------------------------------------------------------------------
 DEFAULTS = configurator.defaults_from(globals())
-
-
-class Codec:
-    """Text <-> token ids for a model's vocabulary: characters (with meta.json's itos) or a tiktoken BPE."""
-
-    def __init__(self, vocab):
-        self.vocab = vocab
-        if vocab['tokenizer'] == 'char':
-            self.itos = vocab['itos']
-            self.stoi = {s: i for i, s in enumerate(self.itos)}
-            # symbols longer than one character, such as <|endoftext|>, are matched whole
-            specials = sorted((s for s in self.itos if len(s) > 1), key=len, reverse=True)
-            self.special_re = re.compile('|'.join(map(re.escape, specials))) if specials else None
-        else:
-            self.enc = get_encoding(vocab['tokenizer'])
-
-    def encode(self, text):
-        if self.vocab['tokenizer'] != 'char':
-            return self.enc.encode(text, allowed_special={'<|endoftext|>'})
-        pieces = self.special_re.split(text) if self.special_re else [text]
-        specials = self.special_re.findall(text) if self.special_re else []
-        unknown = sorted({c for piece in pieces for c in piece if c not in self.stoi})
-        if unknown:
-            raise UserError(f"the prompt has characters the model's vocabulary lacks: "
-                            f"{' '.join(repr(c) for c in unknown)}")
-        ids = []
-        for i, piece in enumerate(pieces):
-            ids.extend(self.stoi[c] for c in piece)
-            if i < len(specials):
-                ids.append(self.stoi[specials[i]])
-        return ids
-
-    def decode(self, ids):
-        if self.vocab['tokenizer'] == 'char':
-            return ''.join(self.itos[i] for i in ids)
-        return self.enc.decode(ids)
-
-    def decode_stream(self, ids):
-        """Yield the text of a stream of token ids as soon as it is printable. A BPE token can end
-        inside a UTF-8 character, so its bytes wait in an incremental decoder until it is whole."""
-        if self.vocab['tokenizer'] == 'char':
-            yield from (self.itos[i] for i in ids)
-            return
-        utf8 = codecs.getincrementaldecoder('utf-8')(errors='replace')
-        for i in ids:
-            yield utf8.decode(self.enc.decode_single_token_bytes(i))
-        yield utf8.decode(b'', final=True)
-
-
-def load_model(init_from, out_dir):
-    """The model and its vocabulary, from a checkpoint or from GPT-2 weights."""
-    if init_from == 'scratch':
-        raise ConfigError("init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got 'scratch'")
-    model, ckpt = build_model(init_from, out_dir, {'dropout': 0.0})
-    if ckpt is None:  # OpenAI's GPT-2
-        return model, {'tokenizer': 'gpt2', 'vocab_size': 50257}
-    vocab = ckpt.get('vocab')
-    if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
-        path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
-        data_dir = os.path.join('data', ckpt.get('config', {}).get('dataset', ''))
-        vocab = read_vocab(data_dir)
-        n_outputs = model.config.vocab_size
-        if vocab['vocab_size'] > n_outputs or (vocab['tokenizer'] == 'char' and vocab['vocab_size'] != n_outputs):
-            raise UserError(f"{path} holds no vocabulary and the one in {data_dir} "
-                            f"({vocab['tokenizer']}, {vocab['vocab_size']} tokens) does not fit its {n_outputs} outputs")
-    return model, vocab
 
 
 def check_sampling(cfg):
@@ -155,7 +86,7 @@ def main(argv):
     sources = snapshot_paths(cfg.out_dir) if cfg.snapshots else [cfg.init_from]
     n_tokens, generation_time = 0, 0.0
     for source in sources:
-        model, vocab = load_model(source, cfg.out_dir)
+        model, vocab, _ = load_model(source, cfg.out_dir)
         model.eval()
         model.to(device)
         if cfg.compile:  # what runs once per token, with or without the KV cache

@@ -23,10 +23,11 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 import checkpoint
 import configurator
 import distributed
+import evaluation
 import runlock
 from configurator import ConfigError, UserError
-from loading import (RandomBatches, architecture_config, autocast_context, build_model, check_token_file, is_hf_dir,
-                     model_vocab_size, read_vocab, resolve_device, resolve_dtype, sequential_batches)
+from loading import (Codec, RandomBatches, architecture_config, autocast_context, build_model, check_token_file,
+                     is_hf_dir, model_vocab_size, read_vocab, resolve_device, resolve_dtype)
 from model import ARCHITECTURE, check_gpt2_compatible, device_peak_flops
 from runlog import RunLog, provenance
 
@@ -43,7 +44,9 @@ init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*', or a checkpoint file / Hu
 ckpt_iters = []  # keep a permanent snapshot (ckpt_0010000.pt) at these iterations...
 ckpt_every = 0  # ...and/or every this many iterations (0: off)
 keep_last = 0  # keep only the newest N snapshots (0: keep them all)
-eval_full_val = False  # at the end, the loss on the whole val set, deterministically (val_loss_full in the log)
+eval_full_val = False  # at the end, the loss and bits per byte on the whole val set, deterministically
+hellaswag_interval = 0  # HellaSwag accuracy every this many iterations (0: off; see evaluation.py)
+hellaswag_file = ''  # a local hellaswag_val.jsonl (offline machines); '': downloaded once into ~/.cache/nanogpt
 # out_dir/log.jsonl always records the run (see runlog.py); dashboards are optional
 wandb_log = False
 wandb_project = 'owt'
@@ -150,6 +153,8 @@ def check_config(cfg):
         raise ConfigError(f"compile must be True or False, got {cfg.compile!r}")
     if cfg.ckpt_every < 0 or cfg.keep_last < 0 or any(not isinstance(i, int) for i in cfg.ckpt_iters):
         raise ConfigError("ckpt_every and keep_last must be >= 0 and ckpt_iters a list of iterations")
+    if cfg.hellaswag_interval < 0:
+        raise ConfigError(f"hellaswag_interval must be 0 (off) or more, got {cfg.hellaswag_interval}")
 
 
 def check_writable(directory):
@@ -208,6 +213,9 @@ def main(argv):
                              cfg.batch_size, device, generator)
 
     train_batches = make_batches('train', loader_generator)
+    hellaswag = None
+    if cfg.hellaswag_interval:  # read and tokenized once, before the model: an offline machine without it stops here
+        hellaswag = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), log=print0)
 
     # -------------------------------------------------------------------------
     # model
@@ -312,22 +320,13 @@ def main(argv):
         model.train()
         return out
 
-    @torch.no_grad()
     def whole_split_loss(split):
-        """Mean loss over every token of the split, each predicted once (consecutive windows of
-        block_size): deterministic, unlike estimate_loss's random batches. Shared among the ranks."""
-        model.eval()
-        total = torch.zeros(2, dtype=torch.float64, device=device)  # summed loss, tokens
-        path = os.path.join(data_dir, f'{split}.bin')
-        for X, Y in sequential_batches(path, vocab['dtype'], cfg.block_size, cfg.batch_size, device,
-                                       launch.rank, launch.world_size, progress=master):
-            with autocast:
-                _, loss = model(X, Y)
-            total += torch.stack((loss.double() * Y.numel(), torch.tensor(Y.numel(), device=device)))
-        if launch.ddp:
-            torch.distributed.all_reduce(total)
-        model.train()
-        return (total[0] / total[1]).item()
+        """(Mean loss, bits per byte) over every token of the split, each predicted once: deterministic,
+        unlike estimate_loss's random batches. Shared among the ranks."""
+        loss_sum, n_tokens, n_bytes = evaluation.split_sums(
+            model, os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size, cfg.batch_size, device,
+            autocast, evaluation.token_byte_lengths(vocab), launch.rank, launch.world_size, progress=master)
+        return loss_sum / n_tokens, evaluation.bits_per_byte(loss_sum, n_bytes)
 
     def get_lr(it):
         if not cfg.decay_lr:
@@ -434,6 +433,13 @@ def main(argv):
                 best_val_loss = min(best_val_loss, losses['val'])
                 if iter_num > start_iter:
                     save_checkpoint('ckpt.pt')
+        if hellaswag and (iter_num % cfg.hellaswag_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only):
+            # the uncompiled model: HellaSwag's batches change shape every time
+            n, acc, acc_norm = evaluation.hellaswag_accuracy(raw_model, hellaswag, device, autocast, launch.rank,
+                                                             launch.world_size, cfg.batch_size)
+            print0(f"step {iter_num}: hellaswag acc_norm {acc_norm:.4f}, acc {acc:.4f} ({n} examples)")
+            log.write(iter=iter_num, hellaswag_acc=acc, hellaswag_acc_norm=acc_norm)
+            t_log, iters_timed = time.time(), 0
         if is_snapshot_iter(iter_num) and iter_num > start_iter:
             save_checkpoint(f'ckpt_{iter_num:07d}.pt')
             if master and cfg.keep_last:
@@ -494,9 +500,9 @@ def main(argv):
             break
 
     if cfg.eval_full_val and not stop:
-        val_loss_full = whole_split_loss('val')
-        print0(f"val loss on the whole val set: {val_loss_full:.4f}")
-        log.write(iter=iter_num, val_loss_full=val_loss_full)
+        val_loss_full, val_bpb = whole_split_loss('val')
+        print0(f"val loss on the whole val set: {val_loss_full:.4f} ({val_bpb:.4f} bits per byte)")
+        log.write(iter=iter_num, val_loss_full=val_loss_full, val_bpb=val_bpb)
     print0(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}")
     log.close()
     if run_lock:

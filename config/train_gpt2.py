@@ -21,6 +21,9 @@ lr_decay_iters = 600000
 eval_interval = 1000
 eval_iters = 200
 log_interval = 10
+# HellaSwag accuracy beside the val loss (OpenAI's GPT-2 124M: acc_norm 0.2955); the data is downloaded
+# once into ~/.cache/nanogpt; offline, set hellaswag_file = '/path/to/hellaswag_val.jsonl'
+hellaswag_interval = 1000
 
 # weight decay
 weight_decay = 1e-1

@@ -24,6 +24,8 @@ min_lr = 6e-5
 eval_interval = 250
 eval_iters = 200
 log_interval = 10
+# HellaSwag beside the val loss, as llm.c's run does (offline: hellaswag_file = '/path/to/hellaswag_val.jsonl')
+hellaswag_interval = 250
 
 # weight decay
 weight_decay = 1e-1

@@ -254,16 +254,15 @@ def load_hf_dataset(name, config=None, split='train', streaming=False, revision=
 TINY_SHAKESPEARE = 'https://raw.githubusercontent.com/karpathy/char-rnn/master/data/tinyshakespeare/input.txt'
 
 
-def download(url, path):
-    """A small file (tiny shakespeare) to path, whole or not at all, or a one-line error that says how to work
-    offline."""
+def download(url, path, offline="pass a local copy of the text with --input PATH"):
+    """A small file (tiny shakespeare, HellaSwag) to path, whole or not at all, or a one-line error that says how
+    to work offline."""
     try:
         with urllib.request.urlopen(url, timeout=30) as r:
             data = r.read()
     except OSError as e:
-        raise UserError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline, pass a local copy of the text "
-                        f"with --input PATH (or save it as {path})")
-    tmp = path + '.part'
+        raise UserError(f"cannot download {url} ({getattr(e, 'reason', e)}); offline, {offline} (or save it as {path})")
+    tmp = f"{path}.{os.getpid()}.part"  # several processes (the ranks of a run) may download at once
     with open(tmp, 'wb') as f:
         f.write(data)
     os.replace(tmp, path)
