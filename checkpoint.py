@@ -248,10 +248,8 @@ def _load_sharded(path, directory):
                        for name, item in index.state_dict_metadata.items()
                        if (key := index.planner_data[name])[0] == 'model'}
             dcp.load({'model': weights}, storage_reader=reader, no_dist=True)
-    except (dcp.api.CheckpointException, OSError, RuntimeError, ValueError, EOFError, pickle.UnpicklingError) as e:
-        detail = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({detail}); "
-                        f"use an earlier checkpoint or start again") from None
+    except _read_errors() as e:
+        raise _corrupt(path, e) from None
     if ckpt['model_args'].get('tie_embeddings', True) and 'lm_head.weight' in weights:
         weights['lm_head.weight'] = weights['transformer.wte.weight']  # one tensor, as in the model
     return {**ckpt, 'model': weights, 'optimizer': Sharded(directory)}
@@ -270,11 +268,24 @@ def load_optimizer_state(ckpt, model, optimizer):
     try:
         with _quiet_dcp():
             dcp.load(state, checkpoint_id=ckpt['optimizer'].path)
-    except dcp.api.CheckpointException as e:
-        detail = str(e).strip().splitlines()[-1]
-        raise UserError(f"the optimizer state in {ckpt['optimizer'].path} does not load ({detail}); "
-                        f"use an earlier checkpoint or start again") from None
+    except _read_errors() as e:  # DCP's CheckpointException on every rank when any rank failed
+        raise _corrupt(ckpt['optimizer'].path, e) from None
     set_optimizer_state_dict(model, optimizer, state['optimizer'])
+
+
+def _read_errors():
+    from torch.distributed.checkpoint.api import CheckpointException
+    return CheckpointException, OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError
+
+
+def _corrupt(path, e):
+    """The one-line error for a checkpoint that does not read, with the first line of why (from
+    inside the CheckpointException in which DCP wraps each rank's error)."""
+    failures = getattr(e, 'failures', None)
+    if failures:
+        e = next(iter(failures.values()))[0]
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return UserError(f"checkpoint {path} is corrupt or truncated ({detail}); use an earlier checkpoint or start again")
 
 
 @contextlib.contextmanager

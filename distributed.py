@@ -27,8 +27,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
-from torch.distributed.tensor import DTensor
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError
@@ -176,6 +174,7 @@ def shard_model(model, dtype, compile_blocks=False):
     float32 for the ops that need it (norms, softmax, loss). float32: no casts.
     compile_blocks: each block is compiled before it is sharded, so FSDP's gathers stay outside
     the compiled graphs (compiling the whole sharded model is not what FSDP2 supports best)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # here: its import takes seconds
     policy = MixedPrecisionPolicy()
     if dtype != 'float32':
         policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
@@ -200,6 +199,8 @@ def memory_per_rank(model, optimizer):
     """{kind: (bytes this rank holds, bytes unsharded)} for the weights, their gradients and the
     optimizer state, from the tensors' numel and dtypes (a DTensor counts its local shard).
     Gradients are the weights' size: the optimizer sees float32 gradients of the weights' shards."""
+    from torch.distributed.tensor import DTensor
+
     def size(tensors):
         tensors = list(tensors)
         local = sum((t.to_local() if isinstance(t, DTensor) else t).numel() * t.element_size() for t in tensors)
