@@ -137,6 +137,7 @@ class Sharded(NamedTuple):
 
 def _sibling(path, kind):
     """.ckpt.tmp (a save in progress) or .ckpt.old (the previous checkpoint, during the swap) beside ckpt."""
+    path = os.path.normpath(path)  # out/ckpt/ names out/.ckpt.tmp too
     return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}")
 
 

@@ -328,8 +328,8 @@ def main(argv):
                                        launch.rank, launch.world_size, progress=master, pad=fsdp):
             with autocast:
                 _, loss = model(X, Y)
-            n = (Y >= 0).sum()  # 0 in the batches that pad a rank to the others' count (fsdp)
-            total += torch.stack((torch.nan_to_num(loss.double()) * n, n))
+            n = (Y >= 0).sum()  # 0 in the batches that pad a rank to the others' count (fsdp), whose loss is nan
+            total += torch.stack((torch.where(n > 0, loss.double() * n, 0.0), n))
         if launch.ddp:
             torch.distributed.all_reduce(total)
         model.train()
