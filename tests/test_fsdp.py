@@ -16,7 +16,7 @@ import torch
 
 from conftest import REPO, TINY_MODEL, _kill_processes_under, run_script, shared_file, write_char_dataset
 from test_distributed import clean_env
-from test_train import files_in, logged_numbers
+from test_train import OPTION_MIXES, files_in, logged_numbers
 
 import checkpoint
 from runlog import read_log
@@ -142,6 +142,29 @@ def test_compiled_blocks_compose_with_fsdp(reference, workdir):
     assert len(compiled) == 10 and all(compiled[i] == pytest.approx(eager[i], rel=1e-2) for i in compiled)
     # each block was compiled in place: the checkpoint's names are the eager model's
     assert checkpoint.load(out / 'ckpt')['model'].keys() == checkpoint.load(reference['fsdp'][0] / 'ckpt')['model'].keys()
+
+
+# every architecture option, and the two mixed-precision policies (float16 with its GradScaler)
+PRECISIONS = ['--dtype=bfloat16', '--dtype=float16', '--dtype=float32', '--dtype=bfloat16']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('options', [o + [p] for o, p in zip(OPTION_MIXES, PRECISIONS)],
+                         ids=[' '.join(o + [p]) for o, p in zip(OPTION_MIXES, PRECISIONS)])
+def test_architecture_options_and_mixed_precision_train_sharded(workdir, tmp_path, options):
+    out = tmp_path / 'out'
+    log = finish(torchrun(*TRAIN, *options, '--max_iters=6', '--eval_interval=3', '--parallelism=fsdp',
+                          '--peak_flops=1e12', f'--out_dir={out}', cwd=workdir))
+    losses = [float(m) for m in re.findall(r'^iter \d+: loss ([\d.]+)', log, re.M)]
+    assert len(losses) == 6 and losses[-1] < losses[0], log
+    saved = checkpoint.load(out / 'ckpt')
+    for option in options:
+        key, value = option[2:].split('=')
+        assert str(saved['model_args' if key != 'dtype' else 'config'][key]) == value
+    run_script('checkpoint.py', 'export', out / 'ckpt', tmp_path / 'model.pt', cwd=workdir)
+    sample = run_script('sample.py', f'--init_from={tmp_path / "model.pt"}', '--device=cpu', '--num_samples=1',
+                        '--max_new_tokens=10', '--start=ROMEO:', cwd=workdir).stdout
+    assert sample.startswith('ROMEO:')
 
 
 SAVER = """
