@@ -10,15 +10,25 @@ Checkpoints that survive being killed at any moment, and that resume a run exact
   only, so a checkpoint cannot run code. The metadata (config, model args) is plain JSON.
   Anything else given as a checkpoint (a text file, another program's pickle, a truncated
   file, ...) is refused in one line that says what it is (check_kind).
+- Under FSDP (parallelism='fsdp') a checkpoint is a directory, out_dir/ckpt/: every rank
+  writes its own shard of the weights and optimizer moments with torch.distributed.checkpoint
+  (DCP: .metadata and one __<rank>_0.distcp file per rank), and rank 0 writes everything else
+  (the ranks' random states, iteration, config, vocabulary) to state.pt, last. The directory is
+  written as .ckpt.tmp/ and then renamed into place (see save_sharded), so a kill at any
+  moment leaves a checkpoint that loads. DCP reshards on loading: any number of ranks, or one
+  process without any, can read it.
 
-Usage as a script, to export the weights alone (for sample.py, eval.py or init_from=<path>), or
-a Hugging Face GPT-2 directory (for transformers and EleutherAI's lm_eval):
+Usage as a script, to export the weights alone (for sample.py, eval.py or init_from=<path>) from
+a checkpoint file or a sharded directory (no ranks or GPUs needed), or a Hugging Face GPT-2
+directory (for transformers and EleutherAI's lm_eval):
 
     python checkpoint.py export out/ckpt.pt out/model.pt
+    python checkpoint.py export out/ckpt out/model.pt
     python checkpoint.py export out/ckpt.pt out/hf --format=hf
 """
 
 import codecs
+import contextlib
 import glob
 import json
 import os
@@ -26,8 +36,11 @@ import pickle
 import pickletools
 import random
 import re
+import shutil
 import sys
+import warnings
 import zipfile
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -58,7 +71,10 @@ def save(state, path):
         if isinstance(e, RuntimeError) and isinstance(e.__context__, OSError):
             raise e.__context__ from None
         raise
-    # make the rename itself durable, so a power cut cannot bring back the old file
+    _fsync_dir(directory)  # make the rename itself durable, so a power cut cannot bring back the old file
+
+
+def _fsync_dir(directory):
     dir_fd = os.open(directory, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
@@ -67,8 +83,28 @@ def save(state, path):
 
 
 def load(path, map_location='cpu'):
-    """Load a checkpoint written by save() (or by nanoGPT) without unpickling arbitrary objects.
-    Anything else is refused in one line that says what it is instead."""
+    """Load a checkpoint written by save() (or by nanoGPT) without unpickling arbitrary objects,
+    or the sharded checkpoint directory that save_sharded() wrote: then the weights are read
+    whole (in one process, without any of the ranks that wrote them), and 'optimizer' only says
+    where the moments are, for load_optimizer_state(). Anything else is refused in one line that
+    says what it is instead."""
+    if not os.path.isfile(path):
+        directory = find_sharded(path)
+        if directory is not None:
+            return _load_sharded(path, directory)
+    ckpt = _read(path, map_location)
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
+        what = f"a dict with keys {', '.join(map(str, list(ckpt)[:5]))}" if isinstance(ckpt, dict) else \
+            f"a {type(ckpt).__name__}"
+        raise UserError(f"{path} is a torch file but not a checkpoint of this repository: it holds {what}, "
+                        f"with no 'model' entry of weights")
+    # torch.compile'd models save their weights under _orig_mod. (nanoGPT's checkpoints do)
+    ckpt['model'] = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
+    return ckpt
+
+
+def _read(path, map_location='cpu'):
+    """torch.load(path, weights_only=True), with every way it can fail said in one line."""
     check_kind(path)
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
@@ -85,17 +121,10 @@ def load(path, map_location='cpu'):
     except Exception as e:  # whatever a damaged file makes torch's reader raise
         raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
                         f"{(str(e).splitlines() or [''])[0].split('. ')[0][:200]}); use an earlier checkpoint or start again") from None
-    if not isinstance(ckpt, dict) or not isinstance(ckpt.get('model'), dict):
-        what = f"a dict with keys {', '.join(map(str, list(ckpt)[:5]))}" if isinstance(ckpt, dict) else \
-            f"a {type(ckpt).__name__}"
-        raise UserError(f"{path} is a torch file but not a checkpoint of this repository: it holds {what}, "
-                        f"with no 'model' entry of weights")
-    version = ckpt.get('format_version', 0)
+    version = ckpt.get('format_version', 0) if isinstance(ckpt, dict) else 0
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer version of this code (checkpoint format "
                         f"{version}, this code reads up to {FORMAT_VERSION}); update the code")
-    # torch.compile'd models save their weights under _orig_mod. (nanoGPT's checkpoints do)
-    ckpt['model'] = {k.removeprefix('_orig_mod.'): v for k, v in ckpt['model'].items()}
     return ckpt
 
 
@@ -183,6 +212,200 @@ def inference_state(ckpt):
     of a full checkpoint, which also holds AdamW's two moments for every weight."""
     keep = ('model', 'model_args', 'vocab', 'config', 'provenance', 'iter_num', 'best_val_loss', 'format_version')
     return {k: ckpt[k] for k in keep if k in ckpt}
+
+
+# -----------------------------------------------------------------------------
+# sharded checkpoints (parallelism='fsdp')
+
+STATE_FILE = 'state.pt'  # in a sharded checkpoint: all but the weights and the moments; written last
+
+
+class Sharded(NamedTuple):
+    """ckpt['optimizer'] of a sharded checkpoint: where the moments are. Each rank reads only
+    its own shards of them, with load_optimizer_state(), once the model is sharded."""
+    path: str
+
+
+def _sibling(path, kind):
+    """.ckpt.tmp (a save in progress) or .ckpt.old (the previous checkpoint, during the swap) beside ckpt."""
+    path = os.path.normpath(path)  # out/ckpt/ names out/.ckpt.tmp too
+    return os.path.join(os.path.dirname(path), f".{os.path.basename(path)}.{kind}")
+
+
+def _complete(directory):
+    return all(os.path.isfile(os.path.join(directory, f)) for f in (STATE_FILE, '.metadata'))
+
+
+def find_sharded(path):
+    """The directory that holds the sharded checkpoint `path`, or None if there is none.
+
+    Normally path itself. A save killed between its two renames (path -> .path.old, then
+    .path.tmp -> path) leaves no path but two complete checkpoints: .path.tmp, the newer one,
+    and .path.old. Reading picks .path.tmp, and so does the next save when it finishes the swap."""
+    if os.path.exists(path):
+        looks_sharded = os.path.isdir(path) and any(os.path.exists(os.path.join(path, f)) for f in (STATE_FILE, '.metadata'))
+        return path if looks_sharded else None
+    for candidate in (_sibling(path, 'tmp'), _sibling(path, 'old')):
+        if _complete(candidate):
+            return candidate
+    return None
+
+
+def resume_path(out_dir, sharded=None):
+    """The checkpoint that init_from=resume continues: out_dir/ckpt/ for parallelism='fsdp'
+    (sharded=True), out_dir/ckpt.pt for 'ddp' (False); None (sample.py): the newer of the two."""
+    single, directory = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'ckpt')
+    found = find_sharded(directory)
+    if sharded is None:
+        if found and os.path.isfile(single):
+            return max((single, directory), key=lambda p: os.path.getmtime(p if p == single else found))
+        return directory if found else single
+    if sharded and not found and os.path.isfile(single):
+        raise UserError(f"{single} is the checkpoint of a parallelism='ddp' run: resume it with --parallelism=ddp, "
+                        f"or export its weights (python checkpoint.py export) and start an fsdp run from them")
+    if not sharded and found and not os.path.isfile(single):
+        raise UserError(f"{directory} is the sharded checkpoint of a parallelism='fsdp' run: resume it with "
+                        f"--parallelism=fsdp (on any number of ranks), or export its weights (python checkpoint.py export)")
+    return directory if sharded else single
+
+
+def save_sharded(state, model, optimizer, path):
+    """Write the sharded checkpoint directory `path`: every rank its shards of the model's weights
+    and of the optimizer's moments (DCP), rank 0 `state` (the rest) as state.pt. A collective:
+    every rank calls it with the same path; a single process without a process group can too.
+
+    Atomic: it all goes to .path.tmp/ first. dcp.save returns on every rank once all ranks'
+    files and the index (.metadata) are written and fsynced; state.pt comes last and marks the
+    directory complete. Rank 0 then swaps it in: path -> .path.old, .path.tmp -> path, and
+    removes .path.old. Killed before the swap, path is untouched; killed between the renames,
+    find_sharded() loads .path.tmp. (One rename cannot replace a non-empty directory.)"""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_state_dict
+
+    distributed = dist.is_initialized()
+    master = not distributed or dist.get_rank() == 0
+    tmp, old = _sibling(path, 'tmp'), _sibling(path, 'old')
+    if master:
+        _finish_swap(path)  # and remove what a killed or failed save left
+    if distributed:
+        dist.barrier()  # no rank writes into .path.tmp before rank 0 has removed the stale one
+    model_state, optimizer_state = get_state_dict(model, optimizer)
+    try:
+        with _quiet_dcp():
+            dcp.save({'model': model_state, 'optimizer': optimizer_state}, checkpoint_id=tmp)
+        if master:
+            save(state, os.path.join(tmp, STATE_FILE))
+            _fsync_dir(tmp)
+    except BaseException as e:  # every rank gets DCP's CheckpointException when any rank failed to write
+        if master:
+            shutil.rmtree(tmp, ignore_errors=True)  # a full disk: free what the failed save took
+        failures = getattr(e, 'failures', {})
+        raise next((f[0] for f in failures.values() if isinstance(f[0], OSError)), e) from None
+    if master:
+        replacing = os.path.exists(path)
+        if replacing:
+            os.rename(path, old)
+        os.rename(tmp, path)
+        _fsync_dir(os.path.dirname(os.path.abspath(path)))
+        if replacing:
+            shutil.rmtree(old)
+
+
+def _finish_swap(path):
+    """Complete the swap of a save killed between its two renames; remove what a save left."""
+    current = find_sharded(path)
+    if current is not None and current != path:
+        os.rename(current, path)
+    for leftover in (_sibling(path, 'tmp'), _sibling(path, 'old')):
+        shutil.rmtree(leftover, ignore_errors=True)
+
+
+def _load_sharded(path, directory):
+    """The checkpoint dict that load() returns for a file, from a sharded directory: the
+    weights whole, in this process alone (DCP's no_dist), at the shapes the checkpoint's own
+    index gives, so no model and no process group is needed."""
+    import torch.distributed.checkpoint as dcp
+    if not _complete(directory):
+        raise UserError(f"{path} is an incomplete sharded checkpoint (no {STATE_FILE} or .metadata); "
+                        f"use an earlier checkpoint or start again")
+    ckpt = _read(os.path.join(directory, STATE_FILE))
+    if not isinstance(ckpt, dict) or 'model_args' not in ckpt:
+        raise UserError(f"{path} is not a sharded checkpoint of this repository (no model_args in {STATE_FILE})")
+    try:
+        with _quiet_dcp():
+            reader = dcp.FileSystemReader(directory)
+            index = reader.read_metadata()
+            weights = {key[1]: torch.empty(item.size, dtype=item.properties.dtype)
+                       for name, item in index.state_dict_metadata.items()
+                       if (key := index.planner_data[name])[0] == 'model'}
+            dcp.load({'model': weights}, storage_reader=reader, no_dist=True)
+    except _read_errors() as e:
+        raise _corrupt(path, e) from None
+    if ckpt['model_args'].get('tie_embeddings', True) and 'lm_head.weight' in weights:
+        weights['lm_head.weight'] = weights['transformer.wte.weight']  # one tensor, as in the model
+    return {**ckpt, 'model': weights, 'optimizer': Sharded(directory)}
+
+
+def load_optimizer_state(ckpt, model, optimizer):
+    """Give the optimizer the checkpoint's state. From a sharded checkpoint each rank reads just
+    its own shards of the moments, which DCP cuts to fit if this run has another number of
+    ranks (a collective under a process group); model is the one the optimizer steps."""
+    if not isinstance(ckpt['optimizer'], Sharded):
+        optimizer.load_state_dict(ckpt['optimizer'])
+        return
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict, set_optimizer_state_dict
+    state = {'optimizer': get_optimizer_state_dict(model, optimizer)}  # the shapes and shards to fill
+    try:
+        with _quiet_dcp():
+            dcp.load(state, checkpoint_id=ckpt['optimizer'].path)
+    except _read_errors() as e:  # DCP's CheckpointException on every rank when any rank failed
+        raise _corrupt(ckpt['optimizer'].path, e) from None
+    set_optimizer_state_dict(model, optimizer, state['optimizer'])
+
+
+def _read_errors():
+    from torch.distributed.checkpoint.api import CheckpointException
+    return CheckpointException, OSError, RuntimeError, ValueError, EOFError, KeyError, pickle.UnpicklingError
+
+
+def _corrupt(path, e):
+    """The one-line error for a checkpoint that does not read, with the first line of why (from
+    inside the CheckpointException in which DCP wraps each rank's error)."""
+    failures = getattr(e, 'failures', None)
+    if failures:
+        e = next(iter(failures.values()))[0]
+    detail = (str(e).strip().splitlines() or [type(e).__name__])[0]
+    return UserError(f"checkpoint {path} is corrupt or truncated ({detail}); use an earlier checkpoint or start again")
+
+
+@contextlib.contextmanager
+def _quiet_dcp():
+    """DCP warns on every use without a process group that it assumes one process: that is the intent here."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings('ignore', message=r'torch\.distributed is (disabled|unavailable)')
+        yield
+
+
+def remove(path):
+    """Delete a checkpoint file or sharded directory (a snapshot that keep_last rotates out). A
+    directory is renamed first: a kill halfway leaves no partial checkpoint under its name."""
+    if not os.path.isdir(path):
+        os.remove(path)
+        return
+    trash = _sibling(path, 'deleted')
+    shutil.rmtree(trash, ignore_errors=True)
+    os.rename(path, trash)
+    shutil.rmtree(trash)
+
+
+def disk_size(path):
+    """Bytes of a checkpoint file, or of all the files of a sharded directory."""
+    path = find_sharded(path) or path
+    if not os.path.isdir(path):
+        return os.path.getsize(path)
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files)
 
 
 # -----------------------------------------------------------------------------
@@ -296,7 +519,7 @@ def write_gpt2_tokenizer(directory, max_length):
 
 def export(argv):
     """python checkpoint.py export SRC DST [--format=pt|hf]"""
-    usage = "usage: python checkpoint.py export SRC DST [--format=pt|hf]"
+    usage = "usage: python checkpoint.py export SRC DST [--format=pt|hf] (SRC: a checkpoint file or a sharded directory)"
     options = dict(a[2:].partition('=')[::2] for a in argv if a.startswith('--'))
     positional = [a for a in argv if not a.startswith('--')]
     if positional[:1] != ['export'] or len(positional) != 3 or set(options) - {'format'}:
@@ -306,10 +529,10 @@ def export(argv):
     if fmt not in ('pt', 'hf'):
         raise UserError(f"--format must be pt (weights only, for sample.py, eval.py and init_from) or hf "
                         f"(a Hugging Face GPT-2 directory), got {fmt!r}")
-    ckpt = load(src)
+    ckpt = load(src)  # a file, or a sharded directory: the weights whole, in this process alone
     if fmt == 'pt':
         save(inference_state(ckpt), dst)
-        print(f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MiB, from {os.path.getsize(src) / 2**20:.1f} MiB)")
+        print(f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MiB, from {disk_size(src) / 2**20:.1f} MiB)")
         return
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise UserError(f"--format=hf writes a directory, and {dst} is a file")

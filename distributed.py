@@ -8,6 +8,9 @@ The same train.py runs unchanged under each launcher:
     srun python train.py ...                             SLURM sets SLURM_PROCID, SLURM_LOCALID, SLURM_NTASKS, ...
     srun torchrun ... train.py                           torchrun's variables win over SLURM's
 
+With parallelism='fsdp', shard_model() shards the model across the ranks with PyTorch's FSDP2
+(fully_shard): each rank holds 1/N of the weights, gradients and optimizer state.
+
 Preemption: SIGUSR1 and SIGTERM (what `sbatch --signal=USR1@N`, `scancel` and time limits
 send) only set a flag; the training loop polls it once per iteration, all ranks agree on
 the iteration to stop at, rank 0 writes a checkpoint, and after SIGUSR1 the job requeues
@@ -25,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
 
 from configurator import UserError
 
@@ -190,6 +194,73 @@ def fail_together(launch):
     except Exception as e:
         error = e
     share_failure(error, launch)
+def shard_model(model, dtype, compile_blocks=False):
+    """FSDP2, in place: every transformer block is one unit, and the root unit holds the rest
+    (embeddings, final norm, output head: the tied embedding and head are one Parameter, so they
+    must share a unit). Each rank keeps 1/N of every weight, of its gradient and, once the
+    optimizer is built on the sharded weights, of its moments; a unit's full weights are
+    gathered just before it runs and freed after. Moves each unit to the device as it shards it.
+
+    dtype bfloat16/float16: the gathered weights are cast to it for compute, while the sharded
+    master weights, the gradient reduction and the optimizer stay float32; autocast still picks
+    float32 for the ops that need it (norms, softmax, loss). float32: no casts.
+    compile_blocks: each block is compiled before it is sharded, so FSDP's gathers stay outside
+    the compiled graphs (compiling the whole sharded model is not what FSDP2 supports best)."""
+    from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard  # here: its import takes seconds
+    policy = MixedPrecisionPolicy()
+    if dtype != 'float32':
+        policy = MixedPrecisionPolicy(param_dtype=getattr(torch, dtype), reduce_dtype=torch.float32)
+    for block in model.transformer.h:
+        if compile_blocks:
+            block.compile()  # in place: the weights keep their names in checkpoints
+        fully_shard(block, mp_policy=policy)
+    fully_shard(model, mp_policy=policy)
+    return model
+
+
+def set_gradient_sync(model, sync):
+    """Whether the next backward shares the gradients among the ranks: DDP all-reduces them,
+    FSDP reduce-scatters them. Accumulation micro-steps keep them local and skip it."""
+    if isinstance(model, DDP):
+        model.require_backward_grad_sync = sync
+    else:
+        model.set_requires_gradient_sync(sync)
+
+
+def memory_per_rank(model, optimizer):
+    """{kind: (bytes this rank holds, bytes unsharded)} for the weights, their gradients and the
+    optimizer state, from the tensors' numel and dtypes (a DTensor counts its local shard).
+    Gradients are the weights' size: the optimizer sees float32 gradients of the weights' shards."""
+    from torch.distributed.tensor import DTensor
+
+    def size(tensors):
+        tensors = list(tensors)
+        local = sum((t.to_local() if isinstance(t, DTensor) else t).numel() * t.element_size() for t in tensors)
+        return local, sum(t.numel() * t.element_size() for t in tensors)
+    weights = size(model.parameters())
+    state = size(v for s in optimizer.state.values() for v in s.values() if torch.is_tensor(v))
+    return {'weights': weights, 'gradients': weights, 'optimizer state': state}
+
+
+def memory_report(model, optimizer, launch, device):
+    """One log line: what memory_per_rank() counts, on the rank that holds the most (a
+    collective), and the peak that PyTorch allocated on this GPU."""
+    counted = memory_per_rank(model, optimizer)
+    held = torch.tensor([held for held, _ in counted.values()], dtype=torch.float64)
+    if launch.ddp:
+        dist.all_reduce(held, op=dist.ReduceOp.MAX, group=_cpu_group)
+    text = ", ".join(f"{kind} {_bytes(h)}" for kind, h in zip(counted, held.tolist()))
+    text = f"memory per rank: {text} (unsharded: {', '.join(_bytes(full) for _, full in counted.values())})"
+    if str(device).startswith('cuda'):
+        text += f"; peak allocated on {device}: {_bytes(torch.cuda.max_memory_allocated(device))}"
+    return text
+
+
+def _bytes(n):
+    for unit in ('B', 'KiB', 'MiB', 'GiB'):
+        if n < 1024 or unit == 'GiB':
+            return f"{n:.4g} {unit}" if unit != 'B' else f"{int(n)} B"
+        n /= 1024
 
 
 def explain_lost_ranks(main):

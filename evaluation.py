@@ -53,19 +53,23 @@ def token_byte_lengths(vocab):
 
 @torch.no_grad()
 def split_sums(model, path, dtype, block_size, batch_size, device, autocast, token_bytes=None, rank=0,
-               world_size=1, progress=False):
+               world_size=1, progress=False, pad=False):
     """(summed loss in nats, tokens, UTF-8 bytes) over every token of a token file but the first, in
     consecutive windows of block_size (loading.sequential_batches), summed over the ranks. The bytes
-    are those of the predicted tokens, token_bytes[y] (0 without token_bytes)."""
+    are those of the predicted tokens, token_bytes[y] (0 without token_bytes). pad: every rank runs
+    as many forwards (FSDP), the extra ones with every target -1, counted as nothing."""
     training = model.training
     model.eval()
     total = torch.zeros(3, dtype=torch.float64, device=device)
     byte_lengths = torch.as_tensor(token_bytes, device=device) if token_bytes is not None else None
-    for X, Y in sequential_batches(path, dtype, block_size, batch_size, device, rank, world_size, progress):
+    for X, Y in sequential_batches(path, dtype, block_size, batch_size, device, rank, world_size, progress, pad):
         with autocast:
             _, loss = model(X, Y)
-        n_bytes = byte_lengths[Y].sum() if byte_lengths is not None else torch.zeros((), device=device)
-        total += torch.stack((loss.double() * Y.numel(), torch.tensor(Y.numel(), device=device), n_bytes))
+        scored = Y >= 0
+        n = scored.sum()
+        n_bytes = (byte_lengths[Y] * scored).sum() if byte_lengths is not None else torch.zeros((), device=device)
+        # a padding batch's loss is 0/0: it adds nothing, while a NaN loss of a real batch still shows
+        total += torch.stack((torch.where(n > 0, loss.double() * n, 0.0), n, n_bytes))
     if world_size > 1:
         torch.distributed.all_reduce(total)
     model.train(training)
@@ -156,18 +160,22 @@ def load_hellaswag(path, codec, limit=0, log=print):
 
 
 @torch.no_grad()
-def hellaswag_accuracy(model, examples, device, autocast, rank=0, world_size=1, batch_size=16, progress=False):
+def hellaswag_accuracy(model, examples, device, autocast, rank=0, world_size=1, batch_size=16, progress=False,
+                       pad=False):
     """(examples scored, acc, acc_norm) for a GPT, rank r scoring every world_size-th example and the
     counts summed over the ranks. The four rows of each example, batch_size rows at a time (at least
-    one example), go through the model as one padded batch."""
+    one example), go through the model as one padded batch. pad: every rank runs as many forwards
+    (FSDP), a rank short of one scoring the first example again without counting it."""
     block_size = model.config.block_size
     mine = examples[rank::world_size]
     per_batch = max(1, batch_size // 4)
+    n_batches = -(-len(examples[0::world_size] if pad else mine) // per_batch)  # rank 0 has the most
     counts = torch.zeros(3, dtype=torch.long, device=device)  # examples, correct by sum, correct by mean
     training = model.training
     model.eval()
-    for i in tqdm(range(0, len(mine), per_batch), desc='hellaswag', disable=not progress, leave=False):
-        group = mine[i:i + per_batch]
+    for i in tqdm(range(0, n_batches * per_batch, per_batch), desc='hellaswag', disable=not progress, leave=False):
+        group = mine[i:i + per_batch] or examples[:1]
+        counted = i < len(mine)
         # the context, then the ending, its last block_size + 1 tokens: inputs x and targets y, the
         # targets outside the ending -1 (ignored); rows padded on the right, which causal attention ignores
         rows = [((ex.context + ending)[-(block_size + 1):], len(ending)) for ex in group for ending in ex.endings]
@@ -186,7 +194,7 @@ def hellaswag_accuracy(model, examples, device, autocast, rank=0, world_size=1, 
         sums = losses.view(y.shape).sum(1)
         means = sums / (y >= 0).sum(1)
         labels = torch.tensor([ex.label for ex in group], device=device)
-        counts += torch.stack((torch.tensor(len(group), device=device),
+        counts += counted * torch.stack((torch.tensor(len(group), device=device),
                                (sums.view(-1, 4).argmin(1) == labels).sum(),
                                (means.view(-1, 4).argmin(1) == labels).sum()))
     if world_size > 1:

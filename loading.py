@@ -180,10 +180,12 @@ class RandomBatches:
         return x.to(self.device), y.to(self.device)
 
 
-def sequential_batches(path, dtype, block_size, batch_size, device, rank=0, world_size=1, progress=False):
+def sequential_batches(path, dtype, block_size, batch_size, device, rank=0, world_size=1, progress=False, pad=False):
     """Every token of a file but the first predicted exactly once, in order: (x, y) batches of
     consecutive windows of block_size tokens, the last window shorter, in a batch of its own.
-    Rank r of world_size takes every world_size-th batch, so the ranks' sums add up to the whole."""
+    Rank r of world_size takes every world_size-th batch, so the ranks' sums add up to the whole.
+    pad: every rank yields as many batches (FSDP ranks must run as many forwards): a rank short
+    of one repeats the first batch with every target -1, which the loss ignores."""
     data = np.memmap(path, dtype=dtype, mode='r')
     n_full = (len(data) - 1) // block_size
     starts = np.arange(n_full) * block_size
@@ -191,11 +193,14 @@ def sequential_batches(path, dtype, block_size, batch_size, device, rank=0, worl
     if n_full * block_size < len(data) - 1:
         batches.append(None)  # the short window at the end
     offsets = np.arange(block_size + 1)
-    for batch in tqdm(batches[rank::world_size], desc=f"whole {os.path.basename(path)}", disable=not progress,
-                      leave=False):
+    mine = batches[rank::world_size]
+    n_padding = -(-len(batches) // world_size) - len(mine) if pad else 0
+    for i, batch in enumerate(tqdm(mine + batches[:1] * n_padding, desc=f"whole {os.path.basename(path)}",
+                                   disable=not progress, leave=False)):
         windows = data[batch[:, None] + offsets] if batch is not None else data[n_full * block_size:][None]
         windows = torch.from_numpy(windows.astype(np.int64))
-        yield windows[:, :-1].contiguous().to(device), windows[:, 1:].contiguous().to(device)
+        y = windows[:, 1:] if i < len(mine) else torch.full_like(windows[:, 1:], -1)
+        yield windows[:, :-1].contiguous().to(device), y.contiguous().to(device)
 
 
 # -----------------------------------------------------------------------------
@@ -209,10 +214,12 @@ def architecture_config(model_args):
         raise ConfigError(str(e)) from None
 
 
-def build_model(init_from, out_dir, model_args, log=None):
+def build_model(init_from, out_dir, model_args, log=None, sharded=None):
     """(model, checkpoint or None) for init_from:
     - 'scratch': a new GPT with model_args (every GPTConfig field);
-    - 'resume' (out_dir/ckpt.pt) or a checkpoint file: the architecture and weights it holds;
+    - 'resume' or a checkpoint file or sharded directory: the architecture and weights it holds.
+      'resume' reads out_dir/ckpt/ (sharded=True: a parallelism='fsdp' run), out_dir/ckpt.pt
+      (False), or the newer of them (None);
     - 'gpt2', 'gpt2-medium', ... or a Hugging Face directory: OpenAI's GPT-2 weights, which
       refuse any architecture option in model_args that is not GPT-2's.
     model_args['dropout'] applies in every case. The model stays on the CPU."""
@@ -221,8 +228,9 @@ def build_model(init_from, out_dir, model_args, log=None):
     if init_from == 'scratch':
         log("initializing a new model from scratch")
         return GPT(architecture_config(model_args)), None
-    if init_from == 'resume' or os.path.lexists(init_from) and not os.path.isdir(init_from):
-        path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
+    if init_from == 'resume' or (os.path.lexists(init_from) and not os.path.isdir(init_from)) \
+            or checkpoint.find_sharded(init_from):
+        path = checkpoint.resume_path(out_dir, sharded) if init_from == 'resume' else init_from
         log(f"{'resuming training' if init_from == 'resume' else 'initializing'} from {path}")
         # on the CPU: the random states must stay there; weights and moments move with the model
         ckpt = checkpoint.load(path, map_location='cpu')

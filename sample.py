@@ -20,7 +20,7 @@ from configurator import ConfigError, UserError
 from loading import Codec, autocast_context, load_model, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt or ckpt/), a checkpoint file or sharded directory, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
 out_dir = 'out'  # ignored if init_from is not 'resume'
 start = "\n"  # or "<|endoftext|>" or etc. Can also specify a file, use as: "FILE:prompt.txt"
 num_samples = 10  # number of samples to draw
@@ -50,14 +50,19 @@ def check_sampling(cfg):
         raise ConfigError("num_samples and max_new_tokens must be at least 1")
 
 
+def snapshot_iter(path):
+    """The iteration in a snapshot's name: ckpt_0001000.pt, or the sharded directory ckpt_0001000 (fsdp)."""
+    return int(os.path.basename(path)[5:].removesuffix('.pt'))
+
+
 def snapshot_paths(out_dir):
     """The milestone snapshots (ckpt_0001000.pt, ...) of a run, in the order they were written."""
-    paths = glob.glob(os.path.join(glob.escape(out_dir), 'ckpt_*.pt'))
-    paths = [p for p in paths if os.path.basename(p)[5:-3].isdigit()]
+    paths = glob.glob(os.path.join(glob.escape(out_dir), 'ckpt_*'))
+    paths = [p for p in paths if os.path.basename(p)[5:].removesuffix('.pt').isdigit()]
     if not paths:
         raise UserError(f"no snapshots (ckpt_*.pt) in {out_dir}: train with --ckpt_every=N or --ckpt_iters=[...] "
                         f"to keep them")
-    return sorted(paths, key=lambda p: int(os.path.basename(p)[5:-3]))
+    return sorted(paths, key=snapshot_iter)
 
 
 def encode_prompt(start, codec, device):
@@ -95,7 +100,7 @@ def main(argv):
         prompt, x = encode_prompt(cfg.start, codec, device)
         if cfg.snapshots:
             torch.manual_seed(cfg.seed)  # every snapshot gets the same random draws
-            print(f"=== {os.path.basename(source)}: iteration {int(os.path.basename(source)[5:-3])} ===")
+            print(f"=== {os.path.basename(source)}: iteration {snapshot_iter(source)} ===")
         t0 = time.time()
         with torch.inference_mode(), autocast:
             for _ in range(cfg.num_samples):

@@ -4,6 +4,7 @@ Train a GPT. Runs as one process, under torchrun, or under SLURM's srun, unchang
 $ python train.py config/train_shakespeare_char.py --device=cpu --compile=False
 $ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2.py
 $ srun python train.py config/train_gpt2.py          (see slurm/train_gpt2.sbatch)
+$ torchrun --standalone --nproc_per_node=8 train.py config/train_gpt2_xl.py   (sharded: parallelism='fsdp')
 
 Every default below can be changed by a config file and by --key=value (see configurator.py).
 A run killed at any moment continues with --init_from=resume as if it had never stopped.
@@ -40,8 +41,8 @@ log_interval = 1
 eval_iters = 200
 eval_only = False  # if True, evaluate once and exit; it writes nothing, so it takes no lock on out_dir
 always_save_checkpoint = True  # if False, save only when the val loss improves
-init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*', or a checkpoint file / Hugging Face GPT-2 directory
-ckpt_iters = []  # keep a permanent snapshot (ckpt_0010000.pt) at these iterations...
+init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*', a checkpoint file or sharded directory, or a Hugging Face GPT-2 directory
+ckpt_iters = []  # keep a permanent snapshot (ckpt_0010000.pt, or the directory ckpt_0010000/ with fsdp) at these iterations...
 ckpt_every = 0  # ...and/or every this many iterations (0: off)
 keep_last = 0  # keep only the newest N snapshots (0: keep them all)
 eval_full_val = False  # at the end, the loss and bits per byte on the whole val set, deterministically
@@ -91,6 +92,8 @@ warmup_iters = 2000  # how many steps to warm up for
 lr_decay_iters = 600000  # should be ~= max_iters per Chinchilla
 min_lr = 6e-5  # minimum learning rate, should be ~= learning_rate/10 per Chinchilla
 # distributed
+parallelism = 'ddp'  # 'ddp': every rank holds all weights, gradients and AdamW moments; 'fsdp': each holds 1/N of them
+# (FSDP2), for models that do not fit one GPU; its checkpoints are directories (out_dir/ckpt/), one shard per rank
 backend = 'auto'  # 'nccl', 'gloo', ...; auto: nccl on CUDA, gloo on CPU
 ddp_timeout = 600  # seconds a rank waits for the others before giving up with an error
 # system
@@ -142,6 +145,11 @@ def check_config(cfg):
             raise UserError("wandb_log=True needs the wandb package: pip install wandb, or pass --wandb_log=False") from None
     if cfg.optimizer not in ('adamw', 'muon'):
         raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
+    if cfg.parallelism not in ('ddp', 'fsdp'):
+        raise ConfigError(f"parallelism must be 'ddp' or 'fsdp', got {cfg.parallelism!r}")
+    if cfg.parallelism == 'fsdp' and cfg.optimizer == 'muon':
+        raise ConfigError("optimizer='muon' orthogonalizes whole weight matrices, which parallelism='fsdp' splits "
+                          "among the ranks; use optimizer='adamw' with fsdp, or parallelism='ddp' with muon")
     if not (math.isfinite(cfg.muon_lr) and cfg.muon_lr > 0) or not 0 <= cfg.muon_momentum < 1:
         raise ConfigError(f"muon_lr must be a positive number and muon_momentum in [0, 1), "
                           f"got {cfg.muon_lr} and {cfg.muon_momentum}")
@@ -186,6 +194,7 @@ def main(argv):
     cfg.dtype = resolve_dtype(cfg.dtype, device_type)
     compile_model = (device_type == 'cuda') if cfg.compile is None else cfg.compile
     grad_accum = cfg.gradient_accumulation_steps // launch.world_size
+    fsdp = cfg.parallelism == 'fsdp' and launch.ddp  # sharded across the ranks (one rank has nothing to shard)
     tokens_per_iter = grad_accum * launch.world_size * cfg.batch_size * cfg.block_size
     run_lock = None
     with distributed.fail_together(launch):  # what rank 0 alone checks stops every rank, with the same line
@@ -226,7 +235,8 @@ def main(argv):
     if (cfg.init_from.startswith('gpt2') or is_hf_dir(cfg.init_from)) and vocab['tokenizer'] != 'gpt2':
         raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
     # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context
-    model, ckpt = build_model(cfg.init_from, cfg.out_dir, model_args_from(cfg, vocab), log=print0)
+    model, ckpt = build_model(cfg.init_from, cfg.out_dir, model_args_from(cfg, vocab), log=print0,
+                              sharded=cfg.parallelism == 'fsdp')
     if ckpt is not None:
         ckpt_vocab = ckpt.get('vocab')
         if ckpt_vocab is not None and ckpt_vocab != vocab:
@@ -255,8 +265,12 @@ def main(argv):
             if getattr(cfg, k) != DEFAULTS[k] and k != 'block_size':
                 print0(f"note: {k}={getattr(cfg, k)!r} is ignored: the model from {cfg.init_from} has {k}={model_args[k]!r}")
             setattr(cfg, k, model_args[k])
-    model.to(device)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
+    if fsdp:  # before the optimizer exists: it must hold the sharded weights
+        distributed.shard_model(model, cfg.dtype, compile_blocks=compile_model)
+    elif cfg.parallelism == 'fsdp':
+        print0("note: parallelism='fsdp' on one rank: nothing to shard; checkpoints are still sharded directories")
+    model.to(device)
 
     # float16 needs loss scaling to keep small gradients from flushing to zero; a no-op otherwise
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
@@ -273,7 +287,7 @@ def main(argv):
             raise UserError(f"{cfg.out_dir}/ckpt.pt was trained with optimizer={saved_optimizer!r}; resume it with "
                             f"--optimizer={saved_optimizer}")
         settings = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
-        optimizer.load_state_dict(ckpt['optimizer'])
+        checkpoint.load_optimizer_state(ckpt, model, optimizer)  # with fsdp, each rank reads its own shards
         for group, setting in zip(optimizer.param_groups, settings):
             group.update(setting)  # the moments are the checkpoint's; learning rates, decay and betas the config's
         if ckpt.get('scaler'):
@@ -291,8 +305,9 @@ def main(argv):
     raw_model = model
     if compile_model:
         print0("compiling the model... (takes a ~minute)")
-        model = torch.compile(model)
-    if launch.ddp:
+        if not fsdp:  # (fsdp compiled each block before sharding it)
+            model = torch.compile(model)
+    if launch.ddp and not fsdp:
         model = DDP(model, device_ids=[device] if device_type == 'cuda' else None)
 
     # -------------------------------------------------------------------------
@@ -325,7 +340,7 @@ def main(argv):
         unlike estimate_loss's random batches. Shared among the ranks."""
         loss_sum, n_tokens, n_bytes = evaluation.split_sums(
             model, os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size, cfg.batch_size, device,
-            autocast, evaluation.token_byte_lengths(vocab), launch.rank, launch.world_size, progress=master)
+            autocast, evaluation.token_byte_lengths(vocab), launch.rank, launch.world_size, progress=master, pad=fsdp)
         return loss_sum / n_tokens, evaluation.bits_per_byte(loss_sum, n_bytes)
 
     def get_lr(it):
@@ -356,7 +371,8 @@ def main(argv):
                             f"Try a lower learning_rate, grad_clip, or dtype=bfloat16")
 
     def save_checkpoint(name):
-        """Rank 0 writes the whole state; every rank must call this (it gathers their random states,
+        """Rank 0 writes the whole state, or with parallelism='fsdp' every rank its shards into a
+        directory (name without .pt); every rank must call this (it gathers their random states,
         and learns whether the write succeeded)."""
         nonlocal last_good_ckpt
         check_finite(iter_num)  # never overwrite a good checkpoint with a NaN model
@@ -367,10 +383,9 @@ def main(argv):
         else:
             all_rng = [rng]
         error = None
-        if master:
+        path = os.path.join(cfg.out_dir, name.removesuffix('.pt') if cfg.parallelism == 'fsdp' else name)
+        if master or cfg.parallelism == 'fsdp':
             state = {
-                'model': raw_model.state_dict(),
-                'optimizer': optimizer.state_dict(),
                 'scaler': scaler.state_dict(),
                 'model_args': checkpoint.check_json(model_args),
                 'iter_num': iter_num,
@@ -381,25 +396,27 @@ def main(argv):
                 'rng': all_rng,
                 'format_version': checkpoint.FORMAT_VERSION,
             }
-            path = os.path.join(cfg.out_dir, name)
             print0(f"saving checkpoint to {path}")
             try:
-                checkpoint.save(state, path)
+                if cfg.parallelism == 'fsdp':  # a collective: every rank writes its shards of weights and moments
+                    checkpoint.save_sharded(state, raw_model, optimizer, path)
+                else:
+                    checkpoint.save({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), **state}, path)
             except OSError as e:
                 error = UserError(f"could not write {path} ({e.strerror}); the previous checkpoint "
                                   f"is untouched. Free some disk space and resume")
         distributed.share_failure(error, launch)  # a failed write stops every rank now, with its cause
         if name == 'ckpt.pt':
-            last_good_ckpt = os.path.join(cfg.out_dir, name)
+            last_good_ckpt = path
 
     def is_snapshot_iter(it):
         return it in cfg.ckpt_iters or (cfg.ckpt_every > 0 and it % cfg.ckpt_every == 0)
 
     def rotate_snapshots():
-        snapshots = sorted((f for f in os.listdir(cfg.out_dir) if re.fullmatch(r'ckpt_\d{7,}\.pt', f)),
-                           key=lambda f: int(f[5:-3]))  # by iteration: past 9,999,999 names stop sorting
+        snapshots = sorted((f for f in os.listdir(cfg.out_dir) if re.fullmatch(r'ckpt_\d{7,}(\.pt)?', f)),
+                           key=lambda f: int(f[5:].removesuffix('.pt')))  # by iteration: past 9,999,999 names stop sorting
         for old in snapshots[:-cfg.keep_last]:
-            os.remove(os.path.join(cfg.out_dir, old))
+            checkpoint.remove(os.path.join(cfg.out_dir, old))  # a file, or a sharded directory
 
     # -------------------------------------------------------------------------
     # training loop
@@ -436,7 +453,7 @@ def main(argv):
         if hellaswag and (iter_num % cfg.hellaswag_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only):
             # the uncompiled model: HellaSwag's batches change shape every time
             n, acc, acc_norm = evaluation.hellaswag_accuracy(raw_model, hellaswag, device, autocast, launch.rank,
-                                                             launch.world_size, cfg.batch_size)
+                                                             launch.world_size, cfg.batch_size, pad=fsdp)
             print0(f"step {iter_num}: hellaswag acc_norm {acc_norm:.4f}, acc {acc:.4f} ({n} examples)")
             log.write(iter=iter_num, hellaswag_acc=acc, hellaswag_acc_norm=acc_norm)
             t_log, iters_timed = time.time(), 0
@@ -454,7 +471,7 @@ def main(argv):
         for micro_step in range(grad_accum):
             if launch.ddp:
                 # sync gradients only on the last micro-step: the others would all-reduce for nothing
-                model.require_backward_grad_sync = (micro_step == grad_accum - 1)
+                distributed.set_gradient_sync(model, micro_step == grad_accum - 1)
             with autocast:
                 _, loss = model(X, Y)
                 loss = loss / grad_accum  # the sum over micro-steps is then the mean loss
@@ -473,6 +490,8 @@ def main(argv):
         iter_num += 1
         iters_since_log += 1
         iters_timed += 1
+        if iter_num == start_iter + 1:  # the optimizer's state exists from its first step on
+            print0(distributed.memory_report(raw_model, optimizer, launch, device))
 
         if iter_num % cfg.log_interval == 0:
             check_finite(iter_num)
