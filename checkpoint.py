@@ -119,8 +119,9 @@ def _read(path, map_location='cpu'):
     except MemoryError:
         raise
     except Exception as e:  # whatever a damaged file makes torch's reader raise
-        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: "
-                        f"{(str(e).splitlines() or [''])[0].split('. ')[0][:200]}); use an earlier checkpoint or start again") from None
+        detail = (str(e).splitlines() or [''])[0].split('. ')[0][:200]
+        raise UserError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}: {detail}); "
+                        f"use an earlier checkpoint or start again") from None
     version = ckpt.get('format_version', 0) if isinstance(ckpt, dict) else 0
     if not isinstance(version, int) or version > FORMAT_VERSION:
         raise UserError(f"{path} was written by a newer version of this code (checkpoint format "
@@ -161,7 +162,8 @@ def check_kind(path):
             raise UserError(f"checkpoint {path} is corrupt or truncated (its zip archive has no end: cut short?); "
                             f"use an earlier checkpoint or start again") from None
         if not any(n.endswith('data.pkl') for n in names):
-            raise UserError(f"{path} is a zip archive but not a torch checkpoint (no data.pkl in it); {NOT_A_CHECKPOINT}")
+            raise UserError(f"{path} is a zip archive but not a torch checkpoint (no data.pkl in it); "
+                            f"{NOT_A_CHECKPOINT}")
         return
     if head[0] == 0x80 and len(head) > 1 and 2 <= head[1] <= 5:
         raise UserError(f"{path} is a Python pickle written by another program (pickle.dump, protocol {head[1]}), "
