@@ -46,7 +46,7 @@ import numpy as np
 import torch
 
 from configurator import UserError
-from model import CONV1D_WEIGHTS, GPT2_DEFAULTS, OPTIONS, architecture_of
+from model import ARCHITECTURE, CONV1D_WEIGHTS, GPT2_DEFAULTS, OPTIONS, architecture_of
 
 FORMAT_VERSION = 1
 
@@ -199,6 +199,20 @@ def pickles_complete(path):
         return True
     except Exception:
         return False
+
+
+def model_args_of(ckpt, path):
+    """A loaded checkpoint's model_args, refused in one line when it has none (then it is not a
+    checkpoint of this repository or nanoGPT) or names options this code does not know."""
+    args = ckpt.get('model_args')
+    if not isinstance(args, dict):
+        raise UserError(f"{path} holds weights but no model_args to build the model from: not a checkpoint "
+                        f"of this repository or nanoGPT")
+    unknown = set(args) - {*ARCHITECTURE, 'dropout'}
+    if unknown:
+        raise UserError(f"{path} was written by a newer version of this code (model options "
+                        f"{', '.join(sorted(unknown))}, unknown here); update the code")
+    return args
 
 
 def check_json(metadata):
@@ -538,6 +552,7 @@ def export(argv):
         return
     if os.path.exists(dst) and not os.path.isdir(dst):
         raise UserError(f"--format=hf writes a directory, and {dst} is a file")
+    model_args_of(ckpt, src)  # the architecture decides the Hugging Face config
     written = export_hf(ckpt, dst)
     print(f"wrote {dst}/: {', '.join(written)}")
     if 'vocab.json' not in written:

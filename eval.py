@@ -18,7 +18,8 @@ import configurator
 import evaluation
 import runlog
 from configurator import ConfigError, UserError
-from loading import Codec, autocast_context, check_token_file, load_model, read_vocab, resolve_device, resolve_dtype
+from loading import (Codec, autocast_context, check_token_file, load_model, loads_gpt2, read_vocab, resolve_device,
+                     resolve_dtype)
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -47,7 +48,7 @@ def check_config(cfg):
         raise ConfigError(f"tasks is empty; choose from {', '.join(TASKS)}")
     if cfg.batch_size < 1 or cfg.hellaswag_limit < 0:
         raise ConfigError("batch_size must be at least 1 and hellaswag_limit 0 or more")
-    gpt2 = cfg.init_from != 'resume' and not os.path.isfile(cfg.init_from)
+    gpt2 = loads_gpt2(cfg.init_from)  # else a checkpoint, or something that build_model names in one line
     if gpt2 and cfg.log:
         raise ConfigError("log=True appends to the log.jsonl of a checkpoint's run; GPT-2 weights have none")
     if gpt2 and 'bpb' in names and not cfg.dataset:

@@ -18,7 +18,7 @@ from tqdm import tqdm
 import checkpoint
 from configurator import ConfigError, UserError
 from data.bpe import get_encoding
-from model import ARCHITECTURE, GPT, OPTIONS, GPTConfig, architecture_of
+from model import GPT, OPTIONS, GPTConfig, architecture_of
 
 
 def resolve_device(requested):
@@ -252,17 +252,18 @@ def is_hf_dir(path):
     return os.path.isfile(os.path.join(path, 'config.json'))
 
 
+def loads_gpt2(init_from):
+    """Whether build_model reads OpenAI's GPT-2 weights for init_from: a name such as 'gpt2-xl'
+    (unless a file of that name exists) or a Hugging Face directory."""
+    if os.path.isdir(init_from):
+        return is_hf_dir(init_from)
+    return init_from.startswith('gpt2') and not os.path.lexists(init_from)
+
+
 def model_from(ckpt, path, dropout):
     """The GPT that a loaded checkpoint describes, holding its weights; a checkpoint that does not
     describe one (no model_args, options of a newer version, weights of another shape) is refused."""
-    args = ckpt.get('model_args')
-    if not isinstance(args, dict):
-        raise UserError(f"{path} holds weights but no model_args to build the model from: not a checkpoint "
-                        f"of this repository or nanoGPT")
-    unknown = set(args) - {*ARCHITECTURE, 'dropout'}
-    if unknown:
-        raise UserError(f"{path} was written by a newer version of this code (model options "
-                        f"{', '.join(sorted(unknown))}, unknown here); update the code")
+    args = checkpoint.model_args_of(ckpt, path)
     model = GPT(architecture_config({**architecture_of(args), 'dropout': dropout}))
     try:
         model.load_state_dict(ckpt['model'])

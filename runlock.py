@@ -12,8 +12,8 @@ on the same out_dir stops at start-up with one line that names the holder.
   host, no SLURM) is reported, and the run goes on, so a crash cannot block the directory forever.
 - A requeued SLURM job keeps its job id. A record with this job's id comes from an earlier run of
   the same job, which SLURM ended before it started this one.
-- A clean exit empties the record. Only training takes the lock: sample.py, checkpoint.py export
-  and eval_only runs only read.
+- A clean exit empties the record. Only training takes the lock: sample.py, eval.py,
+  checkpoint.py export and eval_only runs only read.
 """
 
 import atexit

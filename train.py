@@ -28,7 +28,7 @@ import evaluation
 import runlock
 from configurator import ConfigError, UserError
 from loading import (Codec, RandomBatches, architecture_config, autocast_context, build_model, check_token_file,
-                     is_hf_dir, model_vocab_size, read_vocab, resolve_device, resolve_dtype)
+                     loads_gpt2, model_vocab_size, read_vocab, resolve_device, resolve_dtype)
 from model import ARCHITECTURE, check_gpt2_compatible, device_peak_flops
 from runlog import RunLog, provenance
 
@@ -224,7 +224,8 @@ def main(argv):
     train_batches = make_batches('train', loader_generator)
     hellaswag = None
     if cfg.hellaswag_interval:  # read and tokenized once, before the model: an offline machine without it stops here
-        hellaswag = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), log=print0)
+        with distributed.fail_together(launch):  # a download that fails on one rank stops them all
+            hellaswag = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), log=print0)
 
     # -------------------------------------------------------------------------
     # model
@@ -232,7 +233,7 @@ def main(argv):
     # the per-rank seed for data and dropout is set after the model exists.
     torch.manual_seed(cfg.seed)
     iter_num, best_val_loss = 0, float('inf')
-    if (cfg.init_from.startswith('gpt2') or is_hf_dir(cfg.init_from)) and vocab['tokenizer'] != 'gpt2':
+    if loads_gpt2(cfg.init_from) and vocab['tokenizer'] != 'gpt2':
         raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
     # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context
     model, ckpt = build_model(cfg.init_from, cfg.out_dir, model_args_from(cfg, vocab), log=print0,

@@ -1,5 +1,6 @@
 """Anything given as a checkpoint that cannot be read is one line that says what it is, from
-checkpoint.load and from every script that loads: train.py, sample.py, checkpoint.py export."""
+checkpoint.load and from every script that loads: train.py, sample.py, eval.py, checkpoint.py
+export (both formats)."""
 
 import argparse
 import pickle
@@ -134,10 +135,14 @@ ENTRY_POINTS = {
     'train.py': lambda p: ['train.py', *TINY_MODEL, '--dataset=tiny', '--max_iters=2', '--out_dir=out',
                            f'--init_from={p}'],
     'sample.py': lambda p: ['sample.py', f'--init_from={p}', '--device=cpu', '--max_new_tokens=2'],
+    'eval.py': lambda p: ['eval.py', f'--init_from={p}', '--device=cpu', '--tasks=bpb', '--dataset=tiny'],
     'export': lambda p: ['checkpoint.py', 'export', p, 'exported.pt'],
+    'export-hf': lambda p: ['checkpoint.py', 'export', p, 'exported', '--format=hf'],
 }
+BUILDS_MODEL = ('train.py', 'sample.py', 'eval.py')
 CASES = [(entry, kind) for entry in ENTRY_POINTS for kind in KINDS] + \
-        [(entry, kind) for entry in ('train.py', 'sample.py') for kind in MODEL_KINDS]
+        [(entry, kind) for entry in BUILDS_MODEL for kind in MODEL_KINDS] + \
+        [('export-hf', kind) for kind in MODEL_KINDS if kind != 'mismatched weights']  # it reads model_args only
 
 
 @pytest.mark.slow
@@ -150,5 +155,5 @@ def test_every_script_reports_an_unreadable_checkpoint_in_one_line(tmp_path, ent
     assert proc.returncode == 1 and 'Traceback' not in proc.stdout + proc.stderr, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1, proc.stderr
-    assert re.match('error: ' + expected(kind, 'given.pt', builds_model=entry != 'export'), lines[0]), lines[0]
-    assert not (tmp_path / 'exported.pt').exists()
+    assert re.match('error: ' + expected(kind, 'given.pt', builds_model=entry in BUILDS_MODEL), lines[0]), lines[0]
+    assert not (tmp_path / 'exported.pt').exists() and not (tmp_path / 'exported').exists()
