@@ -14,6 +14,7 @@ the iteration to stop at, rank 0 writes a checkpoint, and after SIGUSR1 the job 
 itself (see requeue_slurm_job).
 """
 
+import contextlib
 import datetime
 import functools
 import os
@@ -156,6 +157,39 @@ def all_average(value, launch, device):
     t = torch.tensor(value, dtype=torch.float64 if device == 'cpu' else torch.float32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.item() / launch.world_size
+
+
+def share_failure(error, launch):
+    """Every rank passes the error it met (or None); then every rank raises the first one, so
+    that all stop at once with the same one-line cause. Without this, a rank that fails alone
+    (rank 0 writing a checkpoint to a full disk) leaves the others waiting at their next
+    collective: with gloo they blame lost contact, with NCCL they wait for ddp_timeout first.
+    A collective (one small message over the CPU group): call it on every rank at the same
+    point, where the run would stop anyway or is rare (start-up, saving), never per step."""
+    if launch.ddp:
+        # a UserError travels as itself; a bug as a line, and its own rank keeps the traceback
+        mine = error if isinstance(error, UserError) or error is None else \
+            UserError(f"rank {launch.rank} failed ({type(error).__name__}: {error}); see its traceback")
+        everyone = [None] * launch.world_size
+        dist.all_gather_object(everyone, mine, group=_cpu_group)
+        first = next((e for e in everyone if e is not None), None)
+        if first is not None and (error is None or isinstance(error, UserError)):
+            raise first from None
+    if error is not None:
+        raise error
+
+
+@contextlib.contextmanager
+def fail_together(launch):
+    """`with fail_together(launch):` around a block that may fail on some ranks only (what only
+    rank 0 checks or writes): every rank enters it, and if it fails anywhere, it fails everywhere
+    with the same error (see share_failure)."""
+    error = None
+    try:
+        yield
+    except Exception as e:
+        error = e
+    share_failure(error, launch)
 
 
 def explain_lost_ranks(main):

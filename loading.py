@@ -18,7 +18,7 @@ from tqdm import tqdm
 import checkpoint
 from configurator import ConfigError, UserError
 from data.bpe import get_encoding
-from model import GPT, OPTIONS, GPTConfig, architecture_of
+from model import ARCHITECTURE, GPT, OPTIONS, GPTConfig, architecture_of
 
 
 def resolve_device(requested):
@@ -221,19 +221,47 @@ def build_model(init_from, out_dir, model_args, log=None):
     if init_from == 'scratch':
         log("initializing a new model from scratch")
         return GPT(architecture_config(model_args)), None
-    if init_from == 'resume' or os.path.isfile(init_from):
+    if init_from == 'resume' or os.path.lexists(init_from) and not os.path.isdir(init_from):
         path = os.path.join(out_dir, 'ckpt.pt') if init_from == 'resume' else init_from
         log(f"{'resuming training' if init_from == 'resume' else 'initializing'} from {path}")
         # on the CPU: the random states must stay there; weights and moments move with the model
         ckpt = checkpoint.load(path, map_location='cpu')
-        model = GPT(architecture_config({**architecture_of(ckpt['model_args']), 'dropout': dropout}))
-        model.load_state_dict(ckpt['model'])
-        return model, ckpt
+        return model_from(ckpt, path, dropout), ckpt
     if init_from.startswith('gpt2') or os.path.isdir(init_from):
+        if os.path.isdir(init_from) and not is_hf_dir(init_from):
+            raise UserError(f"{init_from} is a directory but not a Hugging Face GPT-2 checkpoint (no config.json); "
+                            f"init_from takes a checkpoint file, a GPT-2 name or a save_pretrained directory")
         log(f"initializing from OpenAI GPT-2 weights: {init_from}")
         return load_gpt2(init_from, {k: v for k, v in model_args.items() if k in ('dropout', *OPTIONS)}), None
+    if os.sep in init_from or os.path.splitext(init_from)[1]:  # meant as a path
+        raise UserError(f"no checkpoint at {init_from}")
     raise ConfigError(f"init_from must be 'scratch', 'resume', 'gpt2*' or an existing checkpoint "
                       f"file or directory, got {init_from!r}")
+
+
+def is_hf_dir(path):
+    """A directory that Hugging Face's from_pretrained can read: it has a config.json."""
+    return os.path.isfile(os.path.join(path, 'config.json'))
+
+
+def model_from(ckpt, path, dropout):
+    """The GPT that a loaded checkpoint describes, holding its weights; a checkpoint that does not
+    describe one (no model_args, options of a newer version, weights of another shape) is refused."""
+    args = ckpt.get('model_args')
+    if not isinstance(args, dict):
+        raise UserError(f"{path} holds weights but no model_args to build the model from: not a checkpoint "
+                        f"of this repository or nanoGPT")
+    unknown = set(args) - {*ARCHITECTURE, 'dropout'}
+    if unknown:
+        raise UserError(f"{path} was written by a newer version of this code (model options "
+                        f"{', '.join(sorted(unknown))}, unknown here); update the code")
+    model = GPT(architecture_config({**architecture_of(args), 'dropout': dropout}))
+    try:
+        model.load_state_dict(ckpt['model'])
+    except RuntimeError as e:
+        raise UserError(f"{path} is damaged: its weights do not fit the model its model_args describe "
+                        f"({' '.join(str(e).split())[:200]})") from None
+    return model
 
 
 def load_gpt2(name, override_args):

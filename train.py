@@ -24,9 +24,10 @@ import checkpoint
 import configurator
 import distributed
 import evaluation
+import runlock
 from configurator import ConfigError, UserError
 from loading import (Codec, RandomBatches, architecture_config, autocast_context, build_model, check_token_file,
-                     model_vocab_size, read_vocab, resolve_device, resolve_dtype)
+                     is_hf_dir, model_vocab_size, read_vocab, resolve_device, resolve_dtype)
 from model import ARCHITECTURE, check_gpt2_compatible, device_peak_flops
 from runlog import RunLog, provenance
 
@@ -37,7 +38,7 @@ out_dir = 'out'
 eval_interval = 2000
 log_interval = 1
 eval_iters = 200
-eval_only = False  # if True, evaluate once and exit
+eval_only = False  # if True, evaluate once and exit; it writes nothing, so it takes no lock on out_dir
 always_save_checkpoint = True  # if False, save only when the val loss improves
 init_from = 'scratch'  # 'scratch', 'resume', 'gpt2*', or a checkpoint file / Hugging Face GPT-2 directory
 ckpt_iters = []  # keep a permanent snapshot (ckpt_0010000.pt) at these iterations...
@@ -134,6 +135,11 @@ def check_config(cfg):
         except ImportError:
             raise UserError("tensorboard_log=True needs the tensorboard package: pip install tensorboard, "
                             "or pass --tensorboard_log=False") from None
+    if cfg.wandb_log:  # likewise, though only rank 0 logs to it
+        try:
+            import wandb  # noqa: F401
+        except ImportError:
+            raise UserError("wandb_log=True needs the wandb package: pip install wandb, or pass --wandb_log=False") from None
     if cfg.optimizer not in ('adamw', 'muon'):
         raise ConfigError(f"optimizer must be 'adamw' or 'muon', got {cfg.optimizer!r}")
     if not (math.isfinite(cfg.muon_lr) and cfg.muon_lr > 0) or not 0 <= cfg.muon_momentum < 1:
@@ -181,8 +187,12 @@ def main(argv):
     compile_model = (device_type == 'cuda') if cfg.compile is None else cfg.compile
     grad_accum = cfg.gradient_accumulation_steps // launch.world_size
     tokens_per_iter = grad_accum * launch.world_size * cfg.batch_size * cfg.block_size
-    if master:
-        check_writable(cfg.out_dir)
+    run_lock = None
+    with distributed.fail_together(launch):  # what rank 0 alone checks stops every rank, with the same line
+        if master:
+            check_writable(cfg.out_dir)
+            if not cfg.eval_only:  # one training run per out_dir: a second one stops here (see runlock.py)
+                run_lock = runlock.acquire(cfg.out_dir, log=print0)
     run_info = provenance(device)
     print0(f"code {run_info['code_version']}, launched as {launch.launcher} with {launch.world_size} rank(s) on {device}")
     print0(f"config {json.dumps(vars(cfg))}")
@@ -213,7 +223,7 @@ def main(argv):
     # the per-rank seed for data and dropout is set after the model exists.
     torch.manual_seed(cfg.seed)
     iter_num, best_val_loss = 0, float('inf')
-    if (cfg.init_from.startswith('gpt2') or os.path.isdir(cfg.init_from)) and vocab['tokenizer'] != 'gpt2':
+    if (cfg.init_from.startswith('gpt2') or is_hf_dir(cfg.init_from)) and vocab['tokenizer'] != 'gpt2':
         raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
     # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context
     model, ckpt = build_model(cfg.init_from, cfg.out_dir, model_args_from(cfg, vocab), log=print0)
@@ -346,7 +356,8 @@ def main(argv):
                             f"Try a lower learning_rate, grad_clip, or dtype=bfloat16")
 
     def save_checkpoint(name):
-        """Rank 0 writes the whole state; every rank must call this (it gathers their random states)."""
+        """Rank 0 writes the whole state; every rank must call this (it gathers their random states,
+        and learns whether the write succeeded)."""
         nonlocal last_good_ckpt
         check_finite(iter_num)  # never overwrite a good checkpoint with a NaN model
         rng = checkpoint.rng_state(loader_generator, device)
@@ -355,6 +366,7 @@ def main(argv):
             torch.distributed.all_gather_object(all_rng, rng)
         else:
             all_rng = [rng]
+        error = None
         if master:
             state = {
                 'model': raw_model.state_dict(),
@@ -374,10 +386,11 @@ def main(argv):
             try:
                 checkpoint.save(state, path)
             except OSError as e:
-                raise UserError(f"could not write {path} ({e.strerror}); the previous checkpoint "
-                                f"is untouched. Free some disk space and resume") from None
-            if name == 'ckpt.pt':
-                last_good_ckpt = path
+                error = UserError(f"could not write {path} ({e.strerror}); the previous checkpoint "
+                                  f"is untouched. Free some disk space and resume")
+        distributed.share_failure(error, launch)  # a failed write stops every rank now, with its cause
+        if name == 'ckpt.pt':
+            last_good_ckpt = os.path.join(cfg.out_dir, name)
 
     def is_snapshot_iter(it):
         return it in cfg.ckpt_iters or (cfg.ckpt_every > 0 and it % cfg.ckpt_every == 0)
@@ -392,10 +405,7 @@ def main(argv):
     # training loop
     wandb = None
     if cfg.wandb_log and master:
-        try:
-            import wandb
-        except ImportError:
-            raise UserError("wandb_log=True needs the wandb package: pip install wandb, or pass --wandb_log=False") from None
+        import wandb  # check_config made sure it imports
         wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name, config=vars(cfg))
     start_iter = iter_num
     # an evaluation-only run leaves the training run's log and config as they are
@@ -495,6 +505,8 @@ def main(argv):
         log.write(iter=iter_num, val_loss_full=val_loss_full, val_bpb=val_bpb)
     print0(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}")
     log.close()
+    if run_lock:
+        run_lock.release()
     if wandb:
         wandb.finish()
     distributed.cleanup(launch)

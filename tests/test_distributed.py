@@ -6,6 +6,7 @@ saves the weights each rank holds at the end, so that a test can compare the ran
 
 import os
 import re
+import resource
 import shutil
 import signal
 import socket
@@ -20,6 +21,7 @@ from conftest import REPO, TINY_MODEL, shared_file, write_char_dataset
 
 import checkpoint
 import distributed
+import runlock
 from distributed import Launch, detect_launch, expand_hostlist
 from model import GPT, GPTConfig
 from train import RandomBatches, read_vocab
@@ -206,6 +208,48 @@ def test_a_hung_rank_makes_the_others_exit_with_a_clear_error(workdir):
     errors = [line for line in log.splitlines() if line.startswith('error:')]
     assert len(errors) == 1 and 'rank 0 lost contact with the other ranks' in errors[0], log
     assert 'Traceback' not in log
+
+
+def test_a_failed_save_on_rank_0_stops_every_rank_at_once_with_its_cause(workdir, tmp_path):
+    def small_file_limit():  # no checkpoint can be written whole: as if the disk were full
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, 100_000))
+
+    # each rank's stderr in a file of its own; stdout comes through, to see when the save starts
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--local_addr=127.0.0.1',
+           '--nproc_per_node=2', f'--log-dir={tmp_path}', '--redirects=2', str(REPO / 'train.py'), *TRAIN,
+           '--max_iters=20', '--eval_interval=5', '--out_dir=out-full']
+    proc = subprocess.Popen(cmd, cwd=workdir, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, preexec_fn=small_file_limit)
+    for line in proc.stdout:
+        if line.startswith('saving checkpoint to out-full/ckpt.pt'):
+            break
+    start = time.time()
+    proc.communicate(timeout=120)
+    assert time.time() - start < 30 and proc.returncode != 0
+    stderr = [p.read_text() for p in sorted(tmp_path.glob('*/attempt_0/*/stderr.log'), key=lambda p: p.parent.name)]
+    assert len(stderr) == 2
+    for log in stderr:
+        assert log.strip().splitlines() == [
+            "error: could not write out-full/ckpt.pt (File too large); the previous checkpoint is untouched. "
+            "Free some disk space and resume"], stderr
+
+
+def test_every_rank_of_a_refused_run_stops_with_the_holder_named(workdir):
+    (workdir / 'out-held').mkdir()
+    held = runlock.acquire(str(workdir / 'out-held'))  # a training run that is still going on
+    try:
+        procs = start_like_srun([*TRAIN, '--max_iters=5', '--out_dir=out-held'], workdir)
+        start = time.time()
+        logs = wait_all(procs, timeout=60)
+        assert time.time() - start < 30
+    finally:
+        held.release()
+    assert [p.returncode for p in procs] == [1, 1]
+    errors = [[line for line in log.splitlines() if line.startswith('error:')] for log in logs]
+    assert errors[0] == errors[1] and len(errors[0]) == 1, logs
+    assert re.match(rf"error: out_dir out-held is in use by another training run \(host \S+, pid {os.getpid()}, "
+                    rf"started [^)]*\): wait for it to end, stop it \(kill {os.getpid()}\)", errors[0][0])
 
 
 def test_gradient_accumulation_must_divide_among_the_ranks(workdir):

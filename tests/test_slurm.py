@@ -5,6 +5,7 @@ it resumes by itself. Resumed runs must end with the same weights as the uninter
 Needs a running cluster: `bash .ci/start-slurm.sh` (as root) starts one on this machine. Without
 one these tests skip, except under CI (CI=true), where they fail."""
 
+import json
 import os
 import re
 import shutil
@@ -15,9 +16,10 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, shared_file, write_char_dataset
+from conftest import REPO, TINY_MODEL, run_script, shared_file, write_char_dataset
 
 import checkpoint
+import runlock
 
 ITERS = 150
 TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', f'--max_iters={ITERS}', '--eval_interval=50', '--eval_iters=4',
@@ -205,3 +207,26 @@ def test_usr1_requeues_the_job_which_resumes_by_itself(jobs, full_run, tmp_path_
     assert 'resuming training from out/ckpt.pt' in second and f'done: {ITERS} iterations' in second
     assert same_weights(checkpoint.load(workdir / 'out' / 'ckpt.pt')['model'],
                         checkpoint.load(full_run[0] / 'out' / 'ckpt.pt')['model'])
+
+
+def test_out_dir_lock_asks_slurm_whether_the_holding_job_still_runs(slurm, tmp_path):
+    """A lock record from another node, on a filesystem that does not share flock between nodes:
+    the out_dir is held as long as squeue reports the holder's job running, and free after."""
+    proc = subprocess.run(['sbatch', '--parsable', '--ntasks=1', '--cpus-per-task=1', f'--chdir={tmp_path}',
+                           '--output=/dev/null', '--wrap', 'sleep 300'], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    job_id = proc.stdout.strip().split(';')[0]
+    env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
+    try:
+        wait_for(job_id, lambda info: info.get('JobState') == 'RUNNING', 'start')
+        (tmp_path / 'out').mkdir()
+        (tmp_path / 'out' / '.lock').write_text(json.dumps({'host': 'gpu-node-9', 'pid': 4242, 'slurm_job': job_id}))
+        refused = run_script('train.py', *TRAIN, '--out_dir=out', cwd=tmp_path, env=env, check=False)  # no data needed
+        assert refused.returncode == 1 and refused.stderr.strip().splitlines() == [
+            f"error: out_dir out is in use by another training run (host gpu-node-9, pid 4242, SLURM job {job_id}): "
+            f"wait for it to end, stop it (scancel {job_id}), or choose another --out_dir"], refused.stderr
+    finally:
+        subprocess.run(['scancel', job_id], capture_output=True)
+    wait_until_ended(job_id)
+    runlock.acquire(str(tmp_path / 'out')).release()  # the job has ended: the record no longer holds the directory
+
