@@ -1,5 +1,5 @@
 """Anything given as a checkpoint that cannot be read is one line that says what it is, from
-checkpoint.load and from every script that loads: train.py, sample.py, checkpoint.py export."""
+checkpoint.load and from every script that loads: train.py, sample.py, eval.py, checkpoint.py export."""
 
 import argparse
 import pickle
@@ -135,9 +135,10 @@ ENTRY_POINTS = {
                            f'--init_from={p}'],
     'sample.py': lambda p: ['sample.py', f'--init_from={p}', '--device=cpu', '--max_new_tokens=2'],
     'export': lambda p: ['checkpoint.py', 'export', p, 'exported.pt'],
+    'eval.py': lambda p: ['eval.py', f'--init_from={p}', '--device=cpu', '--tasks=bpb', '--dataset=tiny'],
 }
 CASES = [(entry, kind) for entry in ENTRY_POINTS for kind in KINDS] + \
-        [(entry, kind) for entry in ('train.py', 'sample.py') for kind in MODEL_KINDS]
+        [(entry, kind) for entry in ('train.py', 'sample.py', 'eval.py') for kind in MODEL_KINDS]
 
 
 @pytest.mark.slow
