@@ -215,7 +215,8 @@ def main(argv):
     train_batches = make_batches('train', loader_generator)
     hellaswag = None
     if cfg.hellaswag_interval:  # read and tokenized once, before the model: an offline machine without it stops here
-        hellaswag = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), log=print0)
+        with distributed.fail_together(launch):  # and so does every rank when one node lacks the file
+            hellaswag = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), log=print0)
 
     # -------------------------------------------------------------------------
     # model
