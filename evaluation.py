@@ -103,8 +103,8 @@ def hellaswag_file(path=''):
         except OSError as e:
             raise UserError(f"cannot create {cache} for HellaSwag's data ({e.strerror}); download "
                             f"{HELLASWAG_URL} yourself and pass it with --hellaswag_file=PATH") from None
-        print(f"downloading {HELLASWAG_URL} to {cached}", file=sys.stderr)
         download(HELLASWAG_URL, cached, offline="pass a copy of the file with --hellaswag_file=PATH")
+        print(f"downloaded {HELLASWAG_URL} to {cached}", file=sys.stderr)  # after: a failure is one line
     return cached
 
 
