@@ -546,14 +546,17 @@ def export(argv):
         raise UserError(f"--format must be pt (weights only, for sample.py, eval.py and init_from) or hf "
                         f"(a Hugging Face GPT-2 directory), got {fmt!r}")
     ckpt = load(src)  # a file, or a sharded directory: the weights whole, in this process alone
-    if fmt == 'pt':
-        save(inference_state(ckpt), dst)
-        print(f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MiB, from {disk_size(src) / 2**20:.1f} MiB)")
-        return
-    if os.path.exists(dst) and not os.path.isdir(dst):
+    if fmt == 'hf' and os.path.exists(dst) and not os.path.isdir(dst):
         raise UserError(f"--format=hf writes a directory, and {dst} is a file")
-    model_args_of(ckpt, src)  # the architecture decides the Hugging Face config
-    written = export_hf(ckpt, dst)
+    try:
+        if fmt == 'pt':
+            save(inference_state(ckpt), dst)
+            print(f"wrote {dst} ({os.path.getsize(dst) / 2**20:.1f} MiB, from {disk_size(src) / 2**20:.1f} MiB)")
+            return
+        model_args_of(ckpt, src)  # the architecture decides the Hugging Face config
+        written = export_hf(ckpt, dst)
+    except OSError as e:  # a full disk, no permission, a missing parent directory
+        raise UserError(f"could not write {dst} ({e.strerror}); choose another destination") from None
     print(f"wrote {dst}/: {', '.join(written)}")
     if 'vocab.json' not in written:
         vocab = ckpt.get('vocab') or {}

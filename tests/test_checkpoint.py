@@ -157,3 +157,13 @@ def test_every_script_reports_an_unreadable_checkpoint_in_one_line(tmp_path, ent
     assert len(lines) == 1, proc.stderr
     assert re.match('error: ' + expected(kind, 'given.pt', builds_model=entry in BUILDS_MODEL), lines[0]), lines[0]
     assert not (tmp_path / 'exported.pt').exists() and not (tmp_path / 'exported').exists()
+
+
+@pytest.mark.parametrize('fmt', ['pt', 'hf'])
+def test_export_to_a_destination_that_cannot_be_written_is_one_line(tmp_path, fmt):
+    torch.save(good_state(), tmp_path / 'ckpt.pt')
+    (tmp_path / 'a_file').write_text('not a directory')
+    proc = run_script('checkpoint.py', 'export', 'ckpt.pt', 'a_file/exported', f'--format={fmt}', cwd=tmp_path,
+                      check=False, timeout=120)
+    assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
+        "error: could not write a_file/exported (Not a directory); choose another destination"], proc.stderr
