@@ -22,7 +22,7 @@ from loading import (Codec, autocast_context, check_token_file, load_model, load
                      resolve_dtype)
 
 # -----------------------------------------------------------------------------
-init_from = 'resume'  # 'resume' (out_dir/ckpt.pt), a checkpoint file, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
+init_from = 'resume'  # 'resume' (out_dir/ckpt.pt or ckpt/), a checkpoint file or sharded directory, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
 out_dir = 'out'  # ignored if init_from is not 'resume'
 tasks = 'bpb,hellaswag'  # comma-separated: 'bpb' (val loss and bits per byte, whole val set), 'hellaswag'
 dataset = ''  # whose val.bin 'bpb' reads; '': the one the checkpoint was trained on (GPT-2 weights need one)
