@@ -149,3 +149,11 @@ def _kill_processes_under(path):
         except OSError:
             pass
     return doomed
+
+
+def char_workdir(tmp_path_factory, name):
+    """A fresh working directory of its own with data/shakespeare_char written from the real tiny
+    shakespeare (for a module whose runs must not share shakespeare_workdir's out_dirs)."""
+    workdir = tmp_path_factory.mktemp(name)
+    write_char_dataset(workdir / 'data' / 'shakespeare_char', shared_file('tinyshakespeare.txt').read_text())
+    return workdir

@@ -149,7 +149,7 @@ CASES = [(entry, kind) for entry in ENTRY_POINTS for kind in KINDS] + \
 @pytest.mark.parametrize('entry, kind', CASES, ids=[f'{e}-{k}' for e, k in CASES])
 def test_every_script_reports_an_unreadable_checkpoint_in_one_line(tmp_path, entry, kind):
     write_char_dataset(tmp_path / 'data' / 'tiny', 'abcdefghij klmnopqrs\n' * 50)  # 20 symbols: ARGS' vocab_size
-    path = write_kind(kind, tmp_path / 'given.pt')
+    write_kind(kind, tmp_path / 'given.pt')
     script, *args = ENTRY_POINTS[entry]('given.pt')
     proc = run_script(script, *args, cwd=tmp_path, check=False, timeout=120)
     assert proc.returncode == 1 and 'Traceback' not in proc.stdout + proc.stderr, proc.stderr

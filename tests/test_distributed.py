@@ -17,7 +17,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, shared_file, write_char_dataset
+from conftest import REPO, TINY_MODEL, char_workdir
 
 import checkpoint
 import distributed
@@ -79,10 +79,7 @@ def same_weights(a, b):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-    """A working directory with data/shakespeare_char made from the real tiny shakespeare."""
-    workdir = tmp_path_factory.mktemp('ddp')
-    write_char_dataset(workdir / 'data' / 'shakespeare_char', shared_file('tinyshakespeare.txt').read_text())
-    return workdir
+    return char_workdir(tmp_path_factory, 'ddp')
 
 
 @pytest.fixture(scope='module')

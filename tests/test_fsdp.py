@@ -6,7 +6,6 @@ sample.py reads; bad input gets one line. (2 tasks under a real srun: tests/test
 import random
 import re
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ import time
 import pytest
 import torch
 
-from conftest import REPO, TINY_MODEL, _kill_processes_under, run_script, shared_file, write_char_dataset
+from conftest import REPO, TINY_MODEL, _kill_processes_under, run_script, char_workdir
 from test_distributed import clean_env
 from test_train import OPTION_MIXES, files_in, logged_numbers
 
@@ -44,9 +43,7 @@ def finish(proc, timeout=300):
 
 @pytest.fixture(scope='module')
 def workdir(tmp_path_factory):
-    workdir = tmp_path_factory.mktemp('fsdp')
-    write_char_dataset(workdir / 'data' / 'shakespeare_char', shared_file('tinyshakespeare.txt').read_text())
-    return workdir
+    return char_workdir(tmp_path_factory, 'fsdp')
 
 
 @pytest.fixture(scope='module')
@@ -73,7 +70,7 @@ def memory_figures(log):
 
 @pytest.mark.slow
 def test_fsdp_gives_the_losses_of_ddp(reference):
-    (ddp, ddp_log), (fsdp, fsdp_log) = reference['ddp'], reference['fsdp']
+    (ddp, _), (fsdp, fsdp_log) = reference['ddp'], reference['fsdp']
     assert 'launched as torchrun with 2 rank(s) on cpu' in fsdp_log and f'done: {ITERS} iterations' in fsdp_log
     ddp_entries, fsdp_entries = read_log(ddp / 'log.jsonl'), read_log(fsdp / 'log.jsonl')
     numbers = ('loss', 'train_loss', 'val_loss', 'val_loss_full')

@@ -189,16 +189,21 @@ def test_usr1_checkpoints_ends_the_job_and_a_resubmission_resumes_exactly(jobs, 
                         checkpoint.load(full_run[0] / 'out' / 'ckpt.pt')['model'])
 
 
-def test_usr1_requeues_the_job_which_resumes_by_itself(jobs, full_run, tmp_path_factory):
-    workdir = new_workdir(tmp_path_factory, 'slurm-requeue')
-    job_id = jobs(workdir, *TRAIN)  # the script asks for --requeue
-    log = log_of(workdir, job_id)
+def preempt_and_requeue(job_id, log):
+    """Send the job SIGUSR1 once it trains, wait for it to requeue itself and for the requeued
+    run to end; return the job's final state."""
     wait_for_training(job_id, log)
     subprocess.run(['scancel', '--signal=USR1', job_id], check=True)
     wait_for(job_id, lambda info: info.get('Restarts') == '1' and info.get('JobState') == 'PENDING', 'requeue')
     # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it now
     subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True)
-    info = wait_until_ended(job_id)
+    return wait_until_ended(job_id)
+
+def test_usr1_requeues_the_job_which_resumes_by_itself(jobs, full_run, tmp_path_factory):
+    workdir = new_workdir(tmp_path_factory, 'slurm-requeue')
+    job_id = jobs(workdir, *TRAIN)  # the script asks for --requeue
+    log = log_of(workdir, job_id)
+    info = preempt_and_requeue(job_id, log)
     text = log.read_text()  # both runs, appended (--open-mode=append)
     # not ExitCode: after a requeue SLURM may keep the first run's (143, its batch shell got the
     # requeue's SIGTERM) although the final run completed; seen once on a loaded machine
@@ -240,11 +245,7 @@ def test_fsdp_script_trains_like_ddp_and_resumes_from_its_shards_after_a_requeue
     shrink = [*TRAIN, '--wandb_log=False', '--min_lr=6e-5']  # GPT-2 XL's config, with the DDP run's model and schedule
     job_id = jobs(workdir, *shrink, script='train_gpt2_xl.sbatch')
     log = log_of(workdir, job_id)
-    wait_for_training(job_id, log)
-    subprocess.run(['scancel', '--signal=USR1', job_id], check=True)
-    wait_for(job_id, lambda info: info.get('Restarts') == '1' and info.get('JobState') == 'PENDING', 'requeue')
-    subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True)
-    info = wait_until_ended(job_id)
+    info = preempt_and_requeue(job_id, log)
     text = log.read_text()
     assert (info['JobState'], info['Restarts']) == ('COMPLETED', '1'), text
     first, second = text.split('(restart 1)')
