@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import (ARCHITECTURE, GPT, MLP, OPTIONS, CausalSelfAttention, GPTConfig, KVCache, Rotary,
+from model import (ARCHITECTURE, GPT, MLP, OPTIONS, CausalSelfAttention, GPTConfig, KVCache, Rotary, gelu_tanh,
                    sample_next_token)
 
 
@@ -33,6 +33,17 @@ def test_changing_later_tokens_never_changes_earlier_logits():
         logits = full_logits(model, changed)
         torch.testing.assert_close(logits[:, :t + 1], base[:, :t + 1], rtol=0, atol=1e-6)
         assert not torch.allclose(logits[:, t + 1:], base[:, t + 1:])
+
+
+@pytest.mark.slow
+def test_gelu_as_compiled_is_gpt2s_tanh_gelu():
+    # compiled, gelu_tanh computes x * sigmoid(2u) instead of ATen's tanh form; it must be the same function
+    x = torch.linspace(-10, 10, 20001, requires_grad=True)
+    reference = torch.nn.functional.gelu(x, approximate='tanh')
+    compiled = torch.compile(gelu_tanh)(x)
+    (reference_grad,), (compiled_grad,) = (torch.autograd.grad(y.sum(), x) for y in (reference, compiled))
+    assert (compiled - reference).abs().max() < 2e-6 and (compiled_grad - reference_grad).abs().max() < 5e-6
+    assert torch.equal(gelu_tanh(x), reference)  # eager: ATen's own kernel
 
 
 def test_loss_at_init_is_close_to_uniform_guessing():
