@@ -317,6 +317,24 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(workdir, script, ar
     assert files_in(workdir) == before
 
 
+@pytest.mark.slow
+def test_compiled_training_on_a_cpu_follows_the_eager_run(trained, tmp_path):
+    logs = {}
+    for mode in ('False', 'True'):
+        out = tmp_path / f'compile-{mode}'
+        proc = run_script('train.py', *TRAIN, '--max_iters=12', f'--compile={mode}', f'--out_dir={out}',
+                          cwd=trained, env={'TORCH_LOGS': 'recompiles'})
+        assert 'Recompiling' not in proc.stderr  # evaluation runs the uncompiled model: one compile only
+        logs[mode] = read_log(out / 'log.jsonl')
+        state = checkpoint.load(out / 'ckpt.pt')['model']
+        assert not any(k.startswith('_orig_mod') for k in state)  # the compiled wrapper's names stay out
+    eager, compiled = ([(e['iter'], e.get('loss', e.get('val_loss'))) for e in log if 'loss' in e or 'val_loss' in e]
+                       for log in (logs['False'], logs['True']))
+    assert [i for i, _ in eager] == [i for i, _ in compiled] and len(eager) == 12 + 3  # evaluated at 0, 10, 12
+    # float rounding differs (fused kernels, GELU as x * sigmoid(2u)); the run does not
+    assert all(c == pytest.approx(e, rel=1e-4) for (_, e), (_, c) in zip(eager, compiled))
+
+
 # -----------------------------------------------------------------------------
 # architecture options, end to end: between them these mixes use every value of every option
 
