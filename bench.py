@@ -19,8 +19,8 @@ from types import SimpleNamespace
 import torch
 
 import configurator
-from loading import (RandomBatches, autocast_context, build_model, model_vocab_size, read_vocab, resolve_device,
-                     resolve_dtype)
+from loading import (RandomBatches, autocast_context, build_model, check_compiler, model_vocab_size, read_vocab,
+                     resolve_device, resolve_dtype)
 from model import OPTIONS, device_peak_flops
 
 # -----------------------------------------------------------------------------
@@ -60,6 +60,9 @@ def main(argv):
     dev = resolve_device(cfg.device)
     device_type = dev.split(':')[0]
     cfg.dtype = resolve_dtype(cfg.dtype, device_type)
+    compile_model = (device_type == 'cuda') if cfg.compile is None else cfg.compile
+    if compile_model:
+        check_compiler(device_type)
     torch.manual_seed(cfg.seed)
     autocast = autocast_context(device_type, cfg.dtype)
 
@@ -82,7 +85,7 @@ def main(argv):
     model.to(dev)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
-    step_model = torch.compile(model) if (device_type == 'cuda' if cfg.compile is None else cfg.compile) else model
+    step_model = torch.compile(model) if compile_model else model
 
     def step():
         X, Y = get_batch()

@@ -45,6 +45,19 @@ def resolve_dtype(requested, device_type):
     return 'float32'
 
 
+def check_compiler(device_type):
+    """torch.compile builds C++ kernels for a CPU with the system's compiler. Without one the first
+    step would fail deep inside the compiler stack: say so before anything runs."""
+    if device_type != 'cpu':
+        return
+    from torch._inductor import cpp_builder, exc
+    try:
+        cpp_builder.get_cpp_compiler()
+    except exc.InvalidCxxCompiler:
+        raise UserError("compile=True on a CPU needs a C++ compiler (g++, or clang++ on macOS; the CXX "
+                        "environment variable names another); install one or use --compile=False") from None
+
+
 def autocast_context(device_type, dtype):
     """The context the forward passes run in: as is for float32, autocast for bfloat16/float16.
     On CUDA, float32 matmuls may use TF32 (Ampere and later): much faster, as accurate as training needs."""

@@ -17,7 +17,7 @@ import torch
 
 import configurator
 from configurator import ConfigError, UserError
-from loading import Codec, autocast_context, load_model, resolve_device, resolve_dtype
+from loading import Codec, autocast_context, check_compiler, load_model, resolve_device, resolve_dtype
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt or ckpt/), a checkpoint file or sharded directory, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -86,6 +86,8 @@ def main(argv):
     device = resolve_device(cfg.device)
     device_type = device.split(':')[0]
     autocast = autocast_context(device_type, resolve_dtype(cfg.dtype, device_type))
+    if cfg.compile:
+        check_compiler(device_type)
     torch.manual_seed(cfg.seed)
 
     sources = snapshot_paths(cfg.out_dir) if cfg.snapshots else [cfg.init_from]

@@ -27,8 +27,8 @@ import distributed
 import evaluation
 import runlock
 from configurator import ConfigError, UserError
-from loading import (Codec, RandomBatches, architecture_config, autocast_context, build_model, check_token_file,
-                     loads_gpt2, model_vocab_size, read_vocab, resolve_device, resolve_dtype)
+from loading import (Codec, RandomBatches, architecture_config, autocast_context, build_model, check_compiler,
+                     check_token_file, loads_gpt2, model_vocab_size, read_vocab, resolve_device, resolve_dtype)
 from model import ARCHITECTURE, check_gpt2_compatible, device_peak_flops
 from runlog import RunLog, provenance
 
@@ -193,6 +193,8 @@ def main(argv):
     device_type = device.split(':')[0]
     cfg.dtype = resolve_dtype(cfg.dtype, device_type)
     compile_model = (device_type == 'cuda') if cfg.compile is None else cfg.compile
+    if compile_model:
+        check_compiler(device_type)
     grad_accum = cfg.gradient_accumulation_steps // launch.world_size
     fsdp = cfg.parallelism == 'fsdp' and launch.ddp  # sharded across the ranks (one rank has nothing to shard)
     tokens_per_iter = grad_accum * launch.world_size * cfg.batch_size * cfg.block_size

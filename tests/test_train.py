@@ -317,6 +317,18 @@ def test_bad_input_gets_a_one_line_error_and_changes_nothing(workdir, script, ar
     assert files_in(workdir) == before
 
 
+def test_a_missing_cpu_compiler_is_one_line_before_anything_runs(trained, tmp_path):
+    env = {'CXX': str(tmp_path / 'no-such-c++')}
+    for script, args in (('train.py', [*TRAIN, f'--out_dir={tmp_path / "out"}']),
+                         ('sample.py', ['--out_dir=out', '--device=cpu']),
+                         ('bench.py', ['--device=cpu', '--n_layer=1', '--n_embd=32', '--block_size=16'])):
+        proc = run_script(script, *args, '--compile=True', cwd=trained, env=env, check=False)
+        lines = proc.stderr.strip().splitlines()
+        assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+        assert lines[0].startswith("error: compile=True on a CPU needs a C++ compiler"), lines[0]
+    assert not (tmp_path / 'out').exists()
+
+
 @pytest.mark.slow
 def test_compiled_training_on_a_cpu_follows_the_eager_run(trained, tmp_path):
     logs = {}
