@@ -404,6 +404,13 @@ def _quiet_dcp():
         yield
 
 
+def snapshot_iteration(name):
+    """The iteration of a snapshot that train.py keeps, from its name (ckpt_0010000.pt, or the
+    sharded directory ckpt_0010000); None for any other name."""
+    match = re.fullmatch(r'ckpt_(\d{7,})(\.pt)?', os.path.basename(os.path.normpath(name)))
+    return int(match[1]) if match else None
+
+
 def remove(path):
     """Delete a checkpoint file or sharded directory (a snapshot that keep_last rotates out). A
     directory is renamed first: a kill halfway leaves no partial checkpoint under its name."""

@@ -194,6 +194,8 @@ def fail_together(launch):
     except Exception as e:
         error = e
     share_failure(error, launch)
+
+
 def shard_model(model, dtype, compile_blocks=False):
     """FSDP2, in place: every transformer block is one unit, and the root unit holds the rest
     (embeddings, final norm, output head: the tied embedding and head are one Parameter, so they

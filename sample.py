@@ -15,6 +15,7 @@ from types import SimpleNamespace
 
 import torch
 
+import checkpoint
 import configurator
 from configurator import ConfigError, UserError
 from loading import Codec, autocast_context, check_compiler, load_model, resolve_device, resolve_dtype
@@ -50,19 +51,14 @@ def check_sampling(cfg):
         raise ConfigError("num_samples and max_new_tokens must be at least 1")
 
 
-def snapshot_iter(path):
-    """The iteration in a snapshot's name: ckpt_0001000.pt, or the sharded directory ckpt_0001000 (fsdp)."""
-    return int(os.path.basename(path)[5:].removesuffix('.pt'))
-
-
 def snapshot_paths(out_dir):
     """The milestone snapshots (ckpt_0001000.pt, ...) of a run, in the order they were written."""
     paths = glob.glob(os.path.join(glob.escape(out_dir), 'ckpt_*'))
-    paths = [p for p in paths if os.path.basename(p)[5:].removesuffix('.pt').isdigit()]
+    paths = [p for p in paths if checkpoint.snapshot_iteration(p) is not None]
     if not paths:
         raise UserError(f"no snapshots (ckpt_*.pt) in {out_dir}: train with --ckpt_every=N or --ckpt_iters=[...] "
                         f"to keep them")
-    return sorted(paths, key=snapshot_iter)
+    return sorted(paths, key=checkpoint.snapshot_iteration)
 
 
 def encode_prompt(start, codec, device):
@@ -102,7 +98,7 @@ def main(argv):
         prompt, x = encode_prompt(cfg.start, codec, device)
         if cfg.snapshots:
             torch.manual_seed(cfg.seed)  # every snapshot gets the same random draws
-            print(f"=== {os.path.basename(source)}: iteration {snapshot_iter(source)} ===")
+            print(f"=== {os.path.basename(source)}: iteration {checkpoint.snapshot_iteration(source)} ===")
         t0 = time.time()
         with torch.inference_mode(), autocast:
             for _ in range(cfg.num_samples):

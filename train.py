@@ -13,7 +13,6 @@ A run killed at any moment continues with --init_from=resume as if it had never 
 import json
 import math
 import os
-import re
 import sys
 import time
 from types import SimpleNamespace
@@ -316,15 +315,17 @@ def main(argv):
     # -------------------------------------------------------------------------
     # helpers that close over the run's state
 
+    # Evaluation runs the model uncompiled (also FSDP's compiled blocks): eval mode, no_grad and its
+    # batch shapes (the whole split's short last batch, HellaSwag's) would each compile it again,
+    # which on a CPU costs more than the compiled forwards save.
     @torch.no_grad()
+    @torch.compiler.set_stance('force_eager')
     def estimate_loss():
         """Mean loss over eval_iters batches per split, shared among the ranks.
 
         The batches come from their own generator, seeded the same way every time, so
         successive evaluations measure the same data and evaluating never moves the
-        training stream (which keeps resumed runs exact). Evaluation runs the uncompiled model:
-        eval mode, no_grad and the whole split's last short batch would each compile it again, which
-        on a CPU costs more than the compiled forwards save."""
+        training stream (which keeps resumed runs exact)."""
         out = {}
         model.eval()
         for split in ('train', 'val'):
@@ -334,17 +335,18 @@ def main(argv):
             for k in range(n):
                 X, Y = batches.next()
                 with autocast:
-                    _, loss = raw_model(X, Y)
+                    _, loss = model(X, Y)
                 losses[k] = loss.item()
             out[split] = distributed.all_average(losses.mean().item(), launch, device)
         model.train()
         return out
 
+    @torch.compiler.set_stance('force_eager')
     def whole_split_loss(split):
         """(Mean loss, bits per byte) over every token of the split, each predicted once: deterministic,
         unlike estimate_loss's random batches. Shared among the ranks."""
         loss_sum, n_tokens, n_bytes = evaluation.split_sums(
-            raw_model, os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size, cfg.batch_size, device,
+            model, os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size, cfg.batch_size, device,
             autocast, evaluation.token_byte_lengths(vocab), launch.rank, launch.world_size, progress=master, pad=fsdp)
         return loss_sum / n_tokens, evaluation.bits_per_byte(loss_sum, n_bytes)
 
@@ -418,8 +420,9 @@ def main(argv):
         return it in cfg.ckpt_iters or (cfg.ckpt_every > 0 and it % cfg.ckpt_every == 0)
 
     def rotate_snapshots():
-        snapshots = sorted((f for f in os.listdir(cfg.out_dir) if re.fullmatch(r'ckpt_\d{7,}(\.pt)?', f)),
-                           key=lambda f: int(f[5:].removesuffix('.pt')))  # by iteration: past 9,999,999 names stop sorting
+        # by iteration: past 9,999,999 the names stop sorting
+        snapshots = sorted((f for f in os.listdir(cfg.out_dir) if checkpoint.snapshot_iteration(f) is not None),
+                           key=checkpoint.snapshot_iteration)
         for old in snapshots[:-cfg.keep_last]:
             checkpoint.remove(os.path.join(cfg.out_dir, old))  # a file, or a sharded directory
 
@@ -456,9 +459,9 @@ def main(argv):
                 if iter_num > start_iter:
                     save_checkpoint('ckpt.pt')
         if hellaswag and (iter_num % cfg.hellaswag_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only):
-            # the uncompiled model: HellaSwag's batches change shape every time
-            n, acc, acc_norm = evaluation.hellaswag_accuracy(raw_model, hellaswag, device, autocast, launch.rank,
-                                                             launch.world_size, cfg.batch_size, pad=fsdp)
+            with torch.compiler.set_stance('force_eager'):  # (see estimate_loss)
+                n, acc, acc_norm = evaluation.hellaswag_accuracy(raw_model, hellaswag, device, autocast, launch.rank,
+                                                                 launch.world_size, cfg.batch_size, pad=fsdp)
             print0(f"step {iter_num}: hellaswag acc_norm {acc_norm:.4f}, acc {acc:.4f} ({n} examples)")
             log.write(iter=iter_num, hellaswag_acc=acc, hellaswag_acc_norm=acc_norm)
             t_log, iters_timed = time.time(), 0
