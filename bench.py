@@ -19,9 +19,11 @@ from types import SimpleNamespace
 import torch
 
 import configurator
-from loading import (RandomBatches, autocast_context, build_model, check_compiler, model_vocab_size, read_vocab,
-                     resolve_device, resolve_dtype)
-from model import OPTIONS, device_peak_flops
+from model import OPTION_DEFAULTS, OPTIONS
+from nanogpt.batches import RandomBatches
+from nanogpt.device import autocast_context, check_compiler, device_peak_flops, resolve_device, resolve_dtype
+from nanogpt.loading import Source, build_model
+from nanogpt.tokenizer import model_vocab_size, read_vocab
 
 # -----------------------------------------------------------------------------
 batch_size = 12
@@ -30,17 +32,7 @@ n_layer = 12
 n_head = 12
 n_embd = 768
 bias = False
-# architecture options, as in train.py (model.GPTConfig); the defaults are GPT-2's
-attn_impl = 'sdpa'
-pos_enc = 'learned'
-norm = 'layernorm'
-qk_norm = False
-mlp = 'gelu'
-residual = True
-attention = True
-tie_embeddings = True
-logit_softcap = 0.0
-zero_init_proj = False
+# architecture options: every field of model.GPTConfig after bias, as in train.py (--pos_enc=rope, ...)
 real_data = False  # True: batches from data/<dataset>/train.bin; False: random tokens
 dataset = 'openwebtext'
 warmup_iters = 10  # not timed: compilation, allocator and kernel warm-up
@@ -52,7 +44,7 @@ peak_flops = 0.0  # one device's peak FLOP/s for MFU; 0: a GPU's data sheet, or 
 profile = False  # also write a torch profiler trace of a few steps (bench_trace.json, for chrome://tracing or Perfetto)
 seed = 1337
 # -----------------------------------------------------------------------------
-DEFAULTS = configurator.defaults_from(globals())
+DEFAULTS = {**configurator.defaults_from(globals()), **OPTION_DEFAULTS}
 
 
 def main(argv):
@@ -81,7 +73,7 @@ def main(argv):
 
     model_args = dict(block_size=cfg.block_size, vocab_size=vocab_size, n_layer=cfg.n_layer, n_head=cfg.n_head,
                       n_embd=cfg.n_embd, dropout=0.0, bias=cfg.bias, **{k: getattr(cfg, k) for k in OPTIONS})
-    model, _ = build_model('scratch', None, model_args)
+    model, _ = build_model(Source('scratch'), model_args)
     model.to(dev)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95))
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))

@@ -17,27 +17,8 @@ error that names the key, instead of creating a new variable nobody reads.
 import ast
 import difflib
 import os
-import sys
 
-
-class UserError(Exception):
-    """A mistake the user can fix (a path, a config value, mismatched data).
-
-    Scripts report it in one line, without a traceback; bugs still raise normally."""
-    exit_code = 1
-
-
-class ConfigError(UserError):
-    exit_code = 2  # like argparse, usage errors exit with 2
-
-
-def run(main, *args):
-    """Call main(*args); a UserError ends the program with its message on one line."""
-    try:
-        return main(*args)
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+from nanogpt.errors import ConfigError, run  # noqa: F401  (run: the scripts' entry point, configurator.run)
 
 
 def defaults_from(namespace):
@@ -59,15 +40,17 @@ def configure(defaults, argv):
             _check_known(key, config, where=arg)
             config[key] = _coerce(key, _parse_value(text, config[key]), config[key])
         else:
-            for key, value in _read_config_file(arg).items():
+            for key, value in defaults_from(read_python_file(arg, 'config file')).items():
                 _check_known(key, config, where=f"config file {arg}")
                 config[key] = _coerce(key, value, config[key])
     return config
 
 
-def _read_config_file(path):
+def read_python_file(path, what):
+    """The top-level names a Python file of settings assigns (a config file, a sweep file): the file
+    is user code, so any way it fails to run is the user's to fix, in one line."""
     if not os.path.isfile(path):
-        raise ConfigError(f"config file not found: {path}")
+        raise ConfigError(f"{what} not found: {path}")
     with open(path) as f:
         source = f.read()
     namespace = {'__file__': path}
@@ -75,9 +58,9 @@ def _read_config_file(path):
         exec(compile(source, path, 'exec'), namespace)
     except SyntaxError as e:
         raise ConfigError(f"{path}:{e.lineno}: {e.msg}") from None
-    except Exception as e:  # a config file is user code; its failure is the user's to fix
+    except Exception as e:
         raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
-    return defaults_from(namespace)
+    return {k: v for k, v in namespace.items() if not k.startswith('_')}
 
 
 def _check_known(key, config, where):

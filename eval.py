@@ -15,11 +15,12 @@ import time
 from types import SimpleNamespace
 
 import configurator
-import evaluation
-import runlog
-from configurator import ConfigError, UserError
-from loading import (Codec, autocast_context, check_token_file, load_model, loads_gpt2, read_vocab, resolve_device,
-                     resolve_dtype)
+from nanogpt import evaluation, runlog
+from nanogpt.batches import check_token_file
+from nanogpt.device import autocast_context, resolve_device, resolve_dtype
+from nanogpt.errors import ConfigError, UserError
+from nanogpt.loading import load_model, source_of
+from nanogpt.tokenizer import Codec, read_vocab
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt or ckpt/), a checkpoint file or sharded directory, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -48,7 +49,7 @@ def check_config(cfg):
         raise ConfigError(f"tasks is empty; choose from {', '.join(TASKS)}")
     if cfg.batch_size < 1 or cfg.hellaswag_limit < 0:
         raise ConfigError("batch_size must be at least 1 and hellaswag_limit 0 or more")
-    gpt2 = loads_gpt2(cfg.init_from)  # else a checkpoint, or something that build_model names in one line
+    gpt2 = source_of(cfg.init_from, cfg.out_dir).kind == 'gpt2'
     if gpt2 and cfg.log:
         raise ConfigError("log=True appends to the log.jsonl of a checkpoint's run; GPT-2 weights have none")
     if gpt2 and 'bpb' in names and not cfg.dataset:
@@ -65,7 +66,7 @@ def main(argv):
     autocast = autocast_context(device_type, resolve_dtype(cfg.dtype, device_type))
     t0 = time.time()
 
-    model, vocab, ckpt = load_model(cfg.init_from, cfg.out_dir)
+    model, vocab, ckpt, source = load_model(cfg.init_from, cfg.out_dir)
     model.eval()
     model.to(device)
     # every input is found and checked before the first evaluation starts
@@ -104,8 +105,7 @@ def main(argv):
           file=sys.stderr)
 
     if cfg.log:
-        path = os.path.join(cfg.out_dir, 'ckpt.pt') if cfg.init_from == 'resume' else cfg.init_from
-        log_path = os.path.join(os.path.dirname(path), 'log.jsonl')
+        log_path = os.path.join(os.path.dirname(os.path.normpath(source.path)), 'log.jsonl')
         runlog.append(log_path, {'iter': ckpt.get('iter_num', 0), 'source': 'eval.py', **metrics})
         print(f"appended to {log_path}", file=sys.stderr)
 

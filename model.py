@@ -16,12 +16,9 @@ References:
    and logit soft-capping as the GPT-2 speedrun uses them: https://github.com/KellerJordan/modded-nanogpt
 """
 
-import json
 import math
-import os
-import platform
-import time
 from dataclasses import dataclass, fields
+from typing import Literal, get_args, get_origin
 
 import torch
 import torch.nn as nn
@@ -39,12 +36,13 @@ class GPTConfig:
     n_embd: int = 768
     dropout: float = 0.0
     bias: bool = True  # bias in Linears and LayerNorms, like GPT-2; False is a bit better and faster
-    # The architecture options, each defaulting to GPT-2 (the README's "Architecture options"):
-    attn_impl: str = 'sdpa'  # 'sdpa' (fused kernels), 'manual' (softmax(QK^T/sqrt(d))V), 'mha' (nn.MultiheadAttention)
-    pos_enc: str = 'learned'  # 'learned', 'sinusoidal', 'rope' (rotary, on queries and keys), 'none'
-    norm: str = 'layernorm'  # 'layernorm', 'rmsnorm', 'none'
+    # The architecture options: every field from here on, each defaulting to GPT-2. They are listed only
+    # here: train.py and bench.py take each as a --key=value, and checkpoints record them.
+    attn_impl: Literal['sdpa', 'manual', 'mha'] = 'sdpa'  # fused kernels, softmax(QK^T/sqrt(d))V written out, nn.MultiheadAttention
+    pos_enc: Literal['learned', 'sinusoidal', 'rope', 'none'] = 'learned'  # rope: rotary, on queries and keys
+    norm: Literal['layernorm', 'rmsnorm', 'none'] = 'layernorm'
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention
-    mlp: str = 'gelu'  # 'gelu' (tanh approximation), 'relu2' (ReLU squared), 'swiglu'
+    mlp: Literal['gelu', 'relu2', 'swiglu'] = 'gelu'  # gelu: the tanh approximation; relu2: ReLU squared
     residual: bool = True  # False: each sublayer's output replaces x instead of being added to it
     attention: bool = True  # False: MLP-only blocks
     tie_embeddings: bool = True  # one matrix embeds the tokens and scores them
@@ -75,16 +73,14 @@ class GPTConfig:
             raise ValueError(f"logit_softcap must be 0 (off) or a positive number, got {self.logit_softcap}")
 
 
-CHOICES = {'attn_impl': ('sdpa', 'manual', 'mha'), 'pos_enc': ('learned', 'sinusoidal', 'rope', 'none'),
-           'norm': ('layernorm', 'rmsnorm', 'none'), 'mlp': ('gelu', 'relu2', 'swiglu')}
-# the options above, whose defaults are GPT-2's architecture
-OPTIONS = ('attn_impl', 'pos_enc', 'norm', 'qk_norm', 'mlp', 'residual', 'attention', 'tie_embeddings',
-           'logit_softcap', 'zero_init_proj')
+_FIELDS = fields(GPTConfig)
+GPT2_DEFAULTS = {f.name: f.default for f in _FIELDS}
+# the architecture options, the fields after bias, with their GPT-2 defaults
+OPTIONS = tuple(f.name for f in _FIELDS[[f.name for f in _FIELDS].index('bias') + 1:])
+OPTION_DEFAULTS = {k: GPT2_DEFAULTS[k] for k in OPTIONS}
+CHOICES = {f.name: get_args(f.type) for f in _FIELDS if get_origin(f.type) is Literal}
 # the GPTConfig fields that define the model (dropout does not), as checkpoints record them
 ARCHITECTURE = ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size', *OPTIONS)
-GPT2_DEFAULTS = {f.name: f.default for f in fields(GPTConfig)}
-# Hugging Face's GPT-2 holds these weights in "Conv1D" modules, which store a Linear's weight transposed
-CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
 
 
 def architecture_of(model_args):
@@ -373,33 +369,6 @@ class GPT(nn.Module):
         if 'wpe' in self.transformer:
             self.transformer.wpe.weight = nn.Parameter(self.transformer.wpe.weight[:block_size])
 
-    @classmethod
-    def from_pretrained(cls, model_type, override_args=None):
-        """GPT-2 weights from Hugging Face: a name ('gpt2', 'gpt2-medium', 'gpt2-large', 'gpt2-xl')
-        or a local directory holding a GPT-2 checkpoint saved with `save_pretrained`. override_args
-        may set dropout; architecture options other than GPT-2's are refused (ValueError)."""
-        override_args = override_args or {}
-        assert set(override_args) <= {'dropout', *OPTIONS}, "only dropout and the architecture options can be given"
-        check_gpt2_compatible(override_args)
-        from transformers import GPT2LMHeadModel  # optional dependency, only needed here
-        print(f"loading weights from pretrained gpt: {model_type}")
-        model_hf = GPT2LMHeadModel.from_pretrained(model_type)
-        hf = model_hf.config
-        config = GPTConfig(block_size=hf.n_positions, vocab_size=hf.vocab_size, n_layer=hf.n_layer,
-                           n_head=hf.n_head, n_embd=hf.n_embd, bias=True,  # GPT-2 always has biases
-                           dropout=override_args.get('dropout', 0.0))
-        model = GPT(config)
-        sd = model.state_dict()
-        sd_hf = {k: v for k, v in model_hf.state_dict().items()
-                 if not k.endswith('.attn.masked_bias') and not k.endswith('.attn.bias')}  # buffers, not weights
-        assert set(sd_hf) == set(sd), f"mismatched keys: {sorted(set(sd_hf) ^ set(sd))}"
-        with torch.no_grad():
-            for k, v in sd_hf.items():
-                v = v.t() if k.endswith(CONV1D_WEIGHTS) else v
-                assert v.shape == sd[k].shape, f"{k}: {v.shape} vs {sd[k].shape}"
-                sd[k].copy_(v)
-        return model
-
     def configure_optimizers(self, weight_decay, learning_rate, betas, optimizer='adamw', muon_lr=0.02,
                              muon_momentum=0.95, muon_weight_decay=0.0):
         """AdamW, or Muon for the blocks' weight matrices and AdamW for the rest. AdamW decays the
@@ -531,69 +500,3 @@ def sample_next_token(logits, temperature=1.0, top_k=None, top_p=None):
         logits = torch.full_like(logits, -float('inf')).scatter(-1, sorted_idx, sorted_logits)
     probs = F.softmax(logits, dim=-1)
     return torch.multinomial(probs, num_samples=1)
-
-
-# Dense (no sparsity) peak FLOP/s of the tensor cores for bfloat16/float16, from the vendors'
-# data sheets. MFU is achieved FLOP/s over this number, so it is only as right as this table.
-PEAK_FLOPS_16BIT = {
-    'H200': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12, 'GH200': 989e12,
-    'A100': 312e12, 'A800': 312e12, 'A10G': 70e12, 'A10': 125e12, 'L40S': 362e12, 'L4': 121e12,
-    'RTX 4090': 165e12, 'RTX 3090': 71e12, 'V100': 125e12, 'T4': 65e12,
-}
-
-
-def device_peak_flops(device, dtype, override=0.0):
-    """(Peak FLOP/s of one device for MFU, or None; where the number comes from). `override` wins;
-    a CUDA GPU is looked up in the table above; a CPU's peak is measured (see measured_cpu_peak)."""
-    if override:
-        return override, "peak_flops from the config"
-    if str(device).startswith('cuda'):
-        name = torch.cuda.get_device_name(device)
-        for key, flops in PEAK_FLOPS_16BIT.items():  # ordered so that specific names match before general ones
-            if key in name:
-                # float32 matmuls run as TF32 on the tensor cores at half the 16-bit rate
-                return (flops if dtype in ('bfloat16', 'float16') else flops / 2), f"{name}, data sheet"
-        return None, f"{name} is not in model.PEAK_FLOPS_16BIT; pass --peak_flops=<FLOP/s> for an MFU"
-    if str(device) == 'cpu':
-        return measured_cpu_peak(dtype)
-    return None, f"no peak FLOP/s is known for {device}; pass --peak_flops=<FLOP/s> for an MFU"
-
-
-def measured_cpu_peak(dtype):
-    """A CPU's matmul peak for dtype on this process's threads: the best of a few large matmuls,
-    measured once per CPU model, thread count and dtype, then read from a cache file."""
-    cache_path = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'),
-                              'nanogpt', 'cpu_peak_flops.json')
-    key = f"{platform.processor() or platform.machine()}|{cpu_model()}|{torch.get_num_threads()} threads|{dtype}"
-    try:
-        with open(cache_path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
-        n = 2048
-        generator = torch.Generator().manual_seed(0)  # its own: the run's random streams stay untouched
-        a = torch.randn(n, n, dtype=getattr(torch, dtype), generator=generator)
-        b = torch.randn(n, n, dtype=getattr(torch, dtype), generator=generator)
-        best = float('inf')
-        for _ in range(5):
-            t0 = time.perf_counter()
-            a @ b
-            best = min(best, time.perf_counter() - t0)
-        cache[key] = 2 * n ** 3 / best
-        try:
-            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-            with open(cache_path, 'w') as f:
-                json.dump(cache, f, indent=1)
-        except OSError:
-            pass  # measured again next time
-    return cache[key], (f"{dtype} matmul peak measured on this CPU with {torch.get_num_threads()} threads "
-                        f"(cached in {cache_path}; delete it to measure again)")
-
-
-def cpu_model():
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
-    except OSError:
-        return ''

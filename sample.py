@@ -15,10 +15,12 @@ from types import SimpleNamespace
 
 import torch
 
-import checkpoint
 import configurator
-from configurator import ConfigError, UserError
-from loading import Codec, autocast_context, check_compiler, load_model, resolve_device, resolve_dtype
+from nanogpt import checkpoint
+from nanogpt.device import autocast_context, check_compiler, resolve_device, resolve_dtype
+from nanogpt.errors import ConfigError, UserError
+from nanogpt.loading import load_model
+from nanogpt.tokenizer import Codec
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt or ckpt/), a checkpoint file or sharded directory, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -89,7 +91,7 @@ def main(argv):
     sources = snapshot_paths(cfg.out_dir) if cfg.snapshots else [cfg.init_from]
     n_tokens, generation_time = 0, 0.0
     for source in sources:
-        model, vocab, _ = load_model(source, cfg.out_dir)
+        model, vocab, _, _ = load_model(source, cfg.out_dir)
         model.eval()
         model.to(device)
         if cfg.compile:  # what runs once per token, with or without the KV cache

@@ -29,23 +29,16 @@ import subprocess
 import sys
 import time
 
-from configurator import ConfigError, UserError, run
-from plot import plot_runs
-from runlog import read_log
+import configurator
+from nanogpt.errors import ConfigError, UserError, run
+from nanogpt.runlog import plot_runs, read_log
 
 TRAIN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'train.py')
 
 
 def read_sweep_file(path):
-    if not os.path.isfile(path):
-        raise ConfigError(f"sweep file not found: {path}")
-    namespace = {'__file__': path}
-    try:
-        with open(path) as f:
-            exec(compile(f.read(), path, 'exec'), namespace)
-    except Exception as e:  # a sweep file is user code; its failure is the user's to fix
-        raise ConfigError(f"{path}: {type(e).__name__}: {e}") from None
-    unknown = {k for k in namespace if not k.startswith('_')} - {'base', 'runs', 'grid', 'out_dir'}
+    namespace = configurator.read_python_file(path, 'sweep file')
+    unknown = set(namespace) - {'base', 'runs', 'grid', 'out_dir'}
     if unknown:
         raise ConfigError(f"{path} sets {', '.join(sorted(unknown))}; a sweep file sets base, runs, grid and out_dir")
     return namespace

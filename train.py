@@ -20,16 +20,15 @@ from types import SimpleNamespace
 import torch
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-import checkpoint
 import configurator
-import distributed
-import evaluation
-import runlock
-from configurator import ConfigError, UserError
-from loading import (Codec, RandomBatches, architecture_config, autocast_context, build_model, check_compiler,
-                     check_token_file, loads_gpt2, model_vocab_size, read_vocab, resolve_device, resolve_dtype)
-from model import ARCHITECTURE, check_gpt2_compatible, device_peak_flops
-from runlog import RunLog, provenance
+from model import ARCHITECTURE, OPTION_DEFAULTS, check_gpt2_compatible
+from nanogpt import checkpoint, distributed, evaluation, runlock
+from nanogpt.batches import RandomBatches, check_token_file
+from nanogpt.device import autocast_context, check_compiler, device_peak_flops, resolve_device, resolve_dtype
+from nanogpt.errors import ConfigError, UserError
+from nanogpt.loading import architecture_config, build_model, source_of
+from nanogpt.runlog import RunLog, provenance
+from nanogpt.tokenizer import Codec, model_vocab_size, read_vocab
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -63,17 +62,8 @@ n_head = 12
 n_embd = 768
 dropout = 0.0  # for pretraining 0 is good, for finetuning try 0.1+
 bias = False  # use bias inside LayerNorm and Linear layers?
-# architecture options (model.GPTConfig); the defaults are GPT-2's
-attn_impl = 'sdpa'  # 'sdpa' (fused kernels), 'manual' (softmax(QK^T/sqrt(d))V written out), 'mha' (nn.MultiheadAttention)
-pos_enc = 'learned'  # 'learned', 'sinusoidal', 'rope' (rotary), 'none'
-norm = 'layernorm'  # 'layernorm', 'rmsnorm', 'none'
-qk_norm = False  # normalise each head's queries and keys before attention
-mlp = 'gelu'  # 'gelu', 'relu2' (ReLU squared), 'swiglu'
-residual = True  # False: no residual connections
-attention = True  # False: MLP-only blocks
-tie_embeddings = True  # share the token embedding and the output head
-logit_softcap = 0.0  # c > 0: logits become c * tanh(logits / c)
-zero_init_proj = False  # start the projections into the residual stream at zero
+# architecture options: every field of model.GPTConfig after bias (--pos_enc=rope, --norm=rmsnorm, ...),
+# each defaulting to GPT-2's; docs/architecture.md lists them
 # optimizer: 'adamw', or 'muon' (Muon for the blocks' weight matrices, AdamW for the rest; see muon.py)
 optimizer = 'adamw'
 learning_rate = 6e-4  # max learning rate (of AdamW)
@@ -102,7 +92,7 @@ compile = None  # torch.compile the model; None: on CUDA, where it pays off
 peak_flops = 0.0  # one device's peak FLOP/s for MFU; 0: a GPU's data sheet, or measured once on a CPU
 seed = 1337
 # -----------------------------------------------------------------------------
-DEFAULTS = configurator.defaults_from(globals())
+DEFAULTS = {**configurator.defaults_from(globals()), **OPTION_DEFAULTS}
 
 
 def model_args_from(cfg, vocab):
@@ -126,7 +116,7 @@ def check_config(cfg):
     if not 0.0 <= cfg.dropout < 1.0:
         raise ConfigError(f"dropout must be in [0, 1), got {cfg.dropout}")
     architecture_config(model_args_from(cfg, {'tokenizer': 'char', 'vocab_size': 1}))  # refuses what cannot work
-    if cfg.init_from.startswith('gpt2'):
+    if source_of(cfg.init_from, cfg.out_dir).kind == 'gpt2':
         try:
             check_gpt2_compatible(vars(cfg))
         except ValueError as e:
@@ -175,6 +165,83 @@ def check_writable(directory):
         raise UserError(f"out_dir {directory} is not writable ({e.strerror}); choose another --out_dir") from None
 
 
+def get_lr(it, cfg):
+    """The learning rate of iteration it: linear warmup, then cosine decay to min_lr (constant if not decay_lr)."""
+    if not cfg.decay_lr:
+        return cfg.learning_rate
+    if it < cfg.warmup_iters:
+        return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
+    if it > cfg.lr_decay_iters:
+        return cfg.min_lr
+    decay_ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
+    coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
+    return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
+
+
+def is_snapshot_iter(it, cfg):
+    return it in cfg.ckpt_iters or (cfg.ckpt_every > 0 and it % cfg.ckpt_every == 0)
+
+
+# Evaluation runs the model uncompiled (also FSDP's compiled blocks): eval mode, no_grad and its
+# batch shapes (the whole split's short last batch, HellaSwag's) would each compile it again,
+# which on a CPU costs more than the compiled forwards save.
+@torch.no_grad()
+@torch.compiler.set_stance('force_eager')
+def estimate_loss(model, data_dir, dtype, cfg, launch, device, autocast):
+    """Mean loss over eval_iters batches per split, shared among the ranks.
+
+    The batches come from their own generator, seeded the same way every time, so successive
+    evaluations measure the same data and evaluating never moves the training stream (which keeps
+    resumed runs exact)."""
+    out = {}
+    model.eval()
+    for split in ('train', 'val'):
+        batches = RandomBatches(os.path.join(data_dir, f'{split}.bin'), dtype, cfg.block_size, cfg.batch_size, device,
+                                torch.Generator().manual_seed(cfg.seed + 1_000_000 + launch.rank))
+        n = max(1, cfg.eval_iters // launch.world_size)
+        losses = torch.zeros(n)
+        for k in range(n):
+            X, Y = batches.next()
+            with autocast:
+                _, loss = model(X, Y)
+            losses[k] = loss.item()
+        out[split] = distributed.all_average(losses.mean().item(), launch, device)
+    model.train()
+    return out
+
+
+def adopt_architecture(cfg, model, source, log):
+    """The model_args of a model built from source, which decides its architecture (a checkpoint's or GPT-2's
+    win over the config's, with a note); the config can only shrink the context. cfg records the model that runs."""
+    if cfg.block_size > model.config.block_size:
+        raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
+                        f"{model.config.block_size}; use --block_size={model.config.block_size} or less")
+    if source.resume and cfg.block_size != model.config.block_size:
+        # the optimizer's moments have the checkpoint's shapes; a shorter context is a new run
+        raise UserError(f"resuming keeps the checkpoint's block_size={model.config.block_size}; to train "
+                        f"with block_size={cfg.block_size}, export the weights (python checkpoint.py export) "
+                        f"and start a run with --init_from=<that file>")
+    if cfg.block_size < model.config.block_size:
+        model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
+    model_args = {**{k: getattr(model.config, k) for k in ARCHITECTURE}, 'dropout': cfg.dropout}
+    for k in ARCHITECTURE:  # the config records the model that runs, which a checkpoint or GPT-2 decides
+        if k in DEFAULTS and getattr(cfg, k) != model_args[k]:
+            if getattr(cfg, k) != DEFAULTS[k] and k != 'block_size':
+                log(f"note: {k}={getattr(cfg, k)!r} is ignored: the model from {source.path} has {k}={model_args[k]!r}")
+            setattr(cfg, k, model_args[k])
+    return model_args
+
+
+@torch.compiler.set_stance('force_eager')  # (see estimate_loss)
+def whole_val_loss(model, data_dir, vocab, cfg, launch, device, autocast, pad):
+    """(Mean loss, bits per byte) over every token of the val split, each predicted once: deterministic,
+    unlike estimate_loss's random batches. Shared among the ranks; pad: every rank runs as many forwards (FSDP)."""
+    loss_sum, n_tokens, n_bytes = evaluation.split_sums(
+        model, os.path.join(data_dir, 'val.bin'), vocab['dtype'], cfg.block_size, cfg.batch_size, device, autocast,
+        evaluation.token_byte_lengths(vocab), launch.rank, launch.world_size, progress=launch.is_master, pad=pad)
+    return loss_sum / n_tokens, evaluation.bits_per_byte(loss_sum, n_bytes)
+
+
 def main(argv):
     cfg = SimpleNamespace(**configurator.configure(DEFAULTS, argv))
     check_config(cfg)
@@ -195,8 +262,10 @@ def main(argv):
     if compile_model:
         check_compiler(device_type)
     grad_accum = cfg.gradient_accumulation_steps // launch.world_size
-    fsdp = cfg.parallelism == 'fsdp' and launch.ddp  # sharded across the ranks (one rank has nothing to shard)
     tokens_per_iter = grad_accum * launch.world_size * cfg.batch_size * cfg.block_size
+    # parallelism='fsdp': checkpoints are sharded directories, and with several ranks the weights are split too
+    sharded_ckpt = cfg.parallelism == 'fsdp'
+    sharded_model = sharded_ckpt and launch.ddp
     run_lock = None
     with distributed.fail_together(launch):  # what rank 0 alone checks stops every rank, with the same line
         if master:
@@ -207,7 +276,6 @@ def main(argv):
     print0(f"code {run_info['code_version']}, launched as {launch.launcher} with {launch.world_size} rank(s) on {device}")
     print0(f"config {json.dumps(vars(cfg))}")
     print0(f"tokens per iteration will be: {tokens_per_iter:,}")
-
     autocast = autocast_context(device_type, cfg.dtype)
 
     # -------------------------------------------------------------------------
@@ -217,12 +285,8 @@ def main(argv):
     for split in ('train', 'val'):
         check_token_file(os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size, cfg.dataset)
     loader_generator = torch.Generator()
-
-    def make_batches(split, generator):
-        return RandomBatches(os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size,
-                             cfg.batch_size, device, generator)
-
-    train_batches = make_batches('train', loader_generator)
+    train_batches = RandomBatches(os.path.join(data_dir, 'train.bin'), vocab['dtype'], cfg.block_size,
+                                  cfg.batch_size, device, loader_generator)
     hellaswag = None
     if cfg.hellaswag_interval:  # read and tokenized once, before the model: an offline machine without it stops here
         with distributed.fail_together(launch):  # a download that fails on one rank stops them all
@@ -233,44 +297,20 @@ def main(argv):
     # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway);
     # the per-rank seed for data and dropout is set after the model exists.
     torch.manual_seed(cfg.seed)
-    iter_num, best_val_loss = 0, float('inf')
-    if loads_gpt2(cfg.init_from) and vocab['tokenizer'] != 'gpt2':
+    source = source_of(cfg.init_from, cfg.out_dir, sharded_run=sharded_ckpt)
+    if source.kind == 'gpt2' and vocab['tokenizer'] != 'gpt2':
         raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
     # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context
-    model, ckpt = build_model(cfg.init_from, cfg.out_dir, model_args_from(cfg, vocab), log=print0,
-                              sharded=cfg.parallelism == 'fsdp')
-    if ckpt is not None:
-        ckpt_vocab = ckpt.get('vocab')
-        if ckpt_vocab is not None and ckpt_vocab != vocab:
-            raise UserError(f"the vocabulary in {data_dir}/meta.json ({vocab['tokenizer']}, {vocab['vocab_size']} "
-                            f"tokens) differs from the checkpoint's ({ckpt_vocab['tokenizer']}, "
-                            f"{ckpt_vocab['vocab_size']} tokens): train on the dataset the checkpoint was trained on")
-    if cfg.block_size > model.config.block_size:
-        raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
-                        f"{model.config.block_size}; use --block_size={model.config.block_size} or less")
-    if cfg.init_from == 'resume':
-        if cfg.block_size != model.config.block_size:
-            # the optimizer's moments have the checkpoint's shapes; a shorter context is a new run
-            raise UserError(f"resuming keeps the checkpoint's block_size={model.config.block_size}; to train "
-                            f"with block_size={cfg.block_size}, export the weights (python checkpoint.py export) "
-                            f"and start a run with --init_from=<that file>")
-        if 'optimizer' not in ckpt:
-            path = os.path.join(cfg.out_dir, 'ckpt.pt')
-            raise UserError(f"{path} holds weights only and cannot resume training; "
-                            f"pass it as --init_from={path} to start a new run from it")
-        iter_num, best_val_loss = ckpt['iter_num'], float(ckpt['best_val_loss'])
-    if cfg.block_size < model.config.block_size:
-        model.crop_block_size(cfg.block_size)  # e.g. fine-tune GPT-2 (1024) with a shorter context
-    model_args = {**{k: getattr(model.config, k) for k in ARCHITECTURE}, 'dropout': cfg.dropout}
-    for k in ARCHITECTURE:  # the config records the model that runs, which a checkpoint or GPT-2 decides
-        if k in DEFAULTS and getattr(cfg, k) != model_args[k]:
-            if getattr(cfg, k) != DEFAULTS[k] and k != 'block_size':
-                print0(f"note: {k}={getattr(cfg, k)!r} is ignored: the model from {cfg.init_from} has {k}={model_args[k]!r}")
-            setattr(cfg, k, model_args[k])
+    model, ckpt = build_model(source, model_args_from(cfg, vocab), log=print0)
+    if ckpt is not None and ckpt.get('vocab') not in (None, vocab):
+        raise UserError(f"the vocabulary in {data_dir}/meta.json ({vocab['tokenizer']}, {vocab['vocab_size']} "
+                        f"tokens) differs from the checkpoint's in {source.path} ({ckpt['vocab']['tokenizer']}, "
+                        f"{ckpt['vocab']['vocab_size']} tokens): train on the dataset the checkpoint was trained on")
+    model_args = adopt_architecture(cfg, model, source, log=print0)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
-    if fsdp:  # before the optimizer exists: it must hold the sharded weights
+    if sharded_model:  # before the optimizer exists: it must hold the sharded weights
         distributed.shard_model(model, cfg.dtype, compile_blocks=compile_model)
-    elif cfg.parallelism == 'fsdp':
+    elif sharded_ckpt:
         print0("note: parallelism='fsdp' on one rank: nothing to shard; checkpoints are still sharded directories")
     model.to(device)
 
@@ -283,84 +323,20 @@ def main(argv):
         f"{len(g['params'])} tensors ({sum(p.numel() for p in g['params']):,} parameters)" for g in optimizer.param_groups))
     torch.manual_seed(cfg.seed + launch.rank)
     loader_generator.manual_seed(cfg.seed + launch.rank)
-    if cfg.init_from == 'resume':
-        saved_optimizer = ckpt.get('config', {}).get('optimizer', 'adamw')
-        if saved_optimizer != cfg.optimizer:
-            raise UserError(f"{cfg.out_dir}/ckpt.pt was trained with optimizer={saved_optimizer!r}; resume it with "
-                            f"--optimizer={saved_optimizer}")
-        settings = [{k: v for k, v in group.items() if k != 'params'} for group in optimizer.param_groups]
-        checkpoint.load_optimizer_state(ckpt, model, optimizer)  # with fsdp, each rank reads its own shards
-        for group, setting in zip(optimizer.param_groups, settings):
-            group.update(setting)  # the moments are the checkpoint's; learning rates, decay and betas the config's
-        if ckpt.get('scaler'):
-            scaler.load_state_dict(ckpt['scaler'])
-        rng = ckpt.get('rng') or []
-        if len(rng) == launch.world_size:
-            checkpoint.set_rng_state(rng[launch.rank], loader_generator, device)
-        else:  # another world size: each rank's stream cannot continue, so start fresh ones
-            print0(f"note: checkpoint has random states for {len(rng)} rank(s), this run has "
-                   f"{launch.world_size}; data order will differ from an uninterrupted run")
-            torch.manual_seed(cfg.seed + launch.rank + iter_num)
-            loader_generator.manual_seed(cfg.seed + launch.rank + iter_num)
+    iter_num, best_val_loss = 0, float('inf')
+    if source.resume:
+        iter_num, best_val_loss = checkpoint.restore_training_state(
+            ckpt, source.path, model, optimizer, scaler, cfg.optimizer, loader_generator, device, launch, cfg.seed,
+            log=print0)
     ckpt = None  # free the memory
 
     raw_model = model
     if compile_model:
         print0("compiling the model... (takes a ~minute)")
-        if not fsdp:  # (fsdp compiled each block before sharding it)
+        if not sharded_model:  # (shard_model compiled each block before sharding it)
             model = torch.compile(model)
-    if launch.ddp and not fsdp:
+    if launch.ddp and not sharded_model:
         model = DDP(model, device_ids=[device] if device_type == 'cuda' else None)
-
-    # -------------------------------------------------------------------------
-    # helpers that close over the run's state
-
-    # Evaluation runs the model uncompiled (also FSDP's compiled blocks): eval mode, no_grad and its
-    # batch shapes (the whole split's short last batch, HellaSwag's) would each compile it again,
-    # which on a CPU costs more than the compiled forwards save.
-    @torch.no_grad()
-    @torch.compiler.set_stance('force_eager')
-    def estimate_loss():
-        """Mean loss over eval_iters batches per split, shared among the ranks.
-
-        The batches come from their own generator, seeded the same way every time, so
-        successive evaluations measure the same data and evaluating never moves the
-        training stream (which keeps resumed runs exact)."""
-        out = {}
-        model.eval()
-        for split in ('train', 'val'):
-            batches = make_batches(split, torch.Generator().manual_seed(cfg.seed + 1_000_000 + launch.rank))
-            n = max(1, cfg.eval_iters // launch.world_size)
-            losses = torch.zeros(n)
-            for k in range(n):
-                X, Y = batches.next()
-                with autocast:
-                    _, loss = model(X, Y)
-                losses[k] = loss.item()
-            out[split] = distributed.all_average(losses.mean().item(), launch, device)
-        model.train()
-        return out
-
-    @torch.compiler.set_stance('force_eager')
-    def whole_split_loss(split):
-        """(Mean loss, bits per byte) over every token of the split, each predicted once: deterministic,
-        unlike estimate_loss's random batches. Shared among the ranks."""
-        loss_sum, n_tokens, n_bytes = evaluation.split_sums(
-            model, os.path.join(data_dir, f'{split}.bin'), vocab['dtype'], cfg.block_size, cfg.batch_size, device,
-            autocast, evaluation.token_byte_lengths(vocab), launch.rank, launch.world_size, progress=master, pad=fsdp)
-        return loss_sum / n_tokens, evaluation.bits_per_byte(loss_sum, n_bytes)
-
-    def get_lr(it):
-        if not cfg.decay_lr:
-            return cfg.learning_rate
-        if it < cfg.warmup_iters:  # linear warmup
-            return cfg.learning_rate * (it + 1) / (cfg.warmup_iters + 1)
-        if it > cfg.lr_decay_iters:
-            return cfg.min_lr
-        # cosine decay from learning_rate down to min_lr
-        decay_ratio = (it - cfg.warmup_iters) / max(1, cfg.lr_decay_iters - cfg.warmup_iters)
-        coeff = 0.5 * (1.0 + math.cos(math.pi * decay_ratio))
-        return cfg.min_lr + coeff * (cfg.learning_rate - cfg.min_lr)
 
     # The first iteration whose loss was not finite, or -1. Kept on the device and read
     # only when the loop syncs anyway (logging, checkpointing), so it costs no stall.
@@ -378,53 +354,25 @@ def main(argv):
                             f"Try a lower learning_rate, grad_clip, or dtype=bfloat16")
 
     def save_checkpoint(name):
-        """Rank 0 writes the whole state, or with parallelism='fsdp' every rank its shards into a
-        directory (name without .pt); every rank must call this (it gathers their random states,
-        and learns whether the write succeeded)."""
+        """Every rank calls this: it gathers their random states, and each learns whether the write succeeded."""
         nonlocal last_good_ckpt
         check_finite(iter_num)  # never overwrite a good checkpoint with a NaN model
-        rng = checkpoint.rng_state(loader_generator, device)
-        if launch.ddp:
-            all_rng = [None] * launch.world_size
-            torch.distributed.all_gather_object(all_rng, rng)
-        else:
-            all_rng = [rng]
+        path = os.path.join(cfg.out_dir, name.removesuffix('.pt') if sharded_ckpt else name)
+        state = {'scaler': scaler.state_dict(), 'model_args': checkpoint.check_json(model_args), 'iter_num': iter_num,
+                 'best_val_loss': best_val_loss, 'config': checkpoint.check_json(vars(cfg)),
+                 'provenance': checkpoint.check_json(run_info), 'vocab': checkpoint.check_json(vocab),
+                 'rng': distributed.all_gather(checkpoint.rng_state(loader_generator, device), launch),
+                 'format_version': checkpoint.FORMAT_VERSION}
         error = None
-        path = os.path.join(cfg.out_dir, name.removesuffix('.pt') if cfg.parallelism == 'fsdp' else name)
-        if master or cfg.parallelism == 'fsdp':
-            state = {
-                'scaler': scaler.state_dict(),
-                'model_args': checkpoint.check_json(model_args),
-                'iter_num': iter_num,
-                'best_val_loss': best_val_loss,
-                'config': checkpoint.check_json(vars(cfg)),
-                'provenance': checkpoint.check_json(run_info),
-                'vocab': checkpoint.check_json(vocab),
-                'rng': all_rng,
-                'format_version': checkpoint.FORMAT_VERSION,
-            }
+        if master or sharded_ckpt:  # rank 0 writes the file; with fsdp every rank writes its shards
             print0(f"saving checkpoint to {path}")
             try:
-                if cfg.parallelism == 'fsdp':  # a collective: every rank writes its shards of weights and moments
-                    checkpoint.save_sharded(state, raw_model, optimizer, path)
-                else:
-                    checkpoint.save({'model': raw_model.state_dict(), 'optimizer': optimizer.state_dict(), **state}, path)
-            except OSError as e:
-                error = UserError(f"could not write {path} ({e.strerror}); the previous checkpoint "
-                                  f"is untouched. Free some disk space and resume")
+                checkpoint.save_training_state(path, raw_model, optimizer, state, sharded_ckpt)
+            except UserError as e:
+                error = e
         distributed.share_failure(error, launch)  # a failed write stops every rank now, with its cause
         if name == 'ckpt.pt':
             last_good_ckpt = path
-
-    def is_snapshot_iter(it):
-        return it in cfg.ckpt_iters or (cfg.ckpt_every > 0 and it % cfg.ckpt_every == 0)
-
-    def rotate_snapshots():
-        # by iteration: past 9,999,999 the names stop sorting
-        snapshots = sorted((f for f in os.listdir(cfg.out_dir) if checkpoint.snapshot_iteration(f) is not None),
-                           key=checkpoint.snapshot_iteration)
-        for old in snapshots[:-cfg.keep_last]:
-            checkpoint.remove(os.path.join(cfg.out_dir, old))  # a file, or a sharded directory
 
     # -------------------------------------------------------------------------
     # training loop
@@ -444,14 +392,14 @@ def main(argv):
     # the timing window holds training iterations only: evaluation and saving restart it
     t_log, iters_since_log, iters_timed = time.time(), 0, 0
     while True:
-        lr = get_lr(iter_num)
+        lr = get_lr(iter_num, cfg)
         for param_group in optimizer.param_groups:
             param_group['lr'] = lr * param_group.get('lr_ratio', 1.0)
 
         # evaluate the loss on train/val sets and write checkpoints
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
             check_finite(iter_num)
-            losses = estimate_loss()
+            losses = estimate_loss(model, data_dir, vocab['dtype'], cfg, launch, device, autocast)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log.write(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
             if losses['val'] < best_val_loss or cfg.always_save_checkpoint:
@@ -461,17 +409,17 @@ def main(argv):
         if hellaswag and (iter_num % cfg.hellaswag_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only):
             with torch.compiler.set_stance('force_eager'):  # (see estimate_loss)
                 n, acc, acc_norm = evaluation.hellaswag_accuracy(raw_model, hellaswag, device, autocast, launch.rank,
-                                                                 launch.world_size, cfg.batch_size, pad=fsdp)
+                                                                 launch.world_size, cfg.batch_size, pad=sharded_model)
             print0(f"step {iter_num}: hellaswag acc_norm {acc_norm:.4f}, acc {acc:.4f} ({n} examples)")
             log.write(iter=iter_num, hellaswag_acc=acc, hellaswag_acc_norm=acc_norm)
             t_log, iters_timed = time.time(), 0
-        if is_snapshot_iter(iter_num) and iter_num > start_iter:
+        if is_snapshot_iter(iter_num, cfg) and iter_num > start_iter:
             save_checkpoint(f'ckpt_{iter_num:07d}.pt')
             if master and cfg.keep_last:
-                rotate_snapshots()
+                checkpoint.rotate_snapshots(cfg.out_dir, cfg.keep_last)
         if cfg.eval_only or iter_num >= cfg.max_iters:
             break
-        if iter_num % cfg.eval_interval == 0 or is_snapshot_iter(iter_num):
+        if iter_num % cfg.eval_interval == 0 or is_snapshot_iter(iter_num, cfg):
             t_log, iters_timed = time.time(), 0
 
         # forward/backward with gradient accumulation, then one optimizer step
@@ -522,12 +470,12 @@ def main(argv):
         if stop:
             print0(f"received {stop}: saving a checkpoint at iteration {iter_num} and exiting")
             save_checkpoint('ckpt.pt')
-            if is_snapshot_iter(iter_num):  # the resumed run starts here and would not write it
+            if is_snapshot_iter(iter_num, cfg):  # the resumed run starts here and would not write it
                 save_checkpoint(f'ckpt_{iter_num:07d}.pt')
             break
 
     if cfg.eval_full_val and not stop:
-        val_loss_full, val_bpb = whole_split_loss('val')
+        val_loss_full, val_bpb = whole_val_loss(model, data_dir, vocab, cfg, launch, device, autocast, pad=sharded_model)
         print0(f"val loss on the whole val set: {val_loss_full:.4f} ({val_bpb:.4f} bits per byte)")
         log.write(iter=iter_num, val_loss_full=val_loss_full, val_bpb=val_bpb)
     print0(f"done: {iter_num} iterations, best val loss {best_val_loss:.4f}")

@@ -17,8 +17,7 @@ import sys
 import tempfile
 import time
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from data.pipeline import parse_size  # noqa: E402
+from nanogpt.data.cli import parse_size
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,7 +26,7 @@ def import_psutil():
     try:
         import psutil
     except ImportError:  # Ray ships its own copy and puts it on sys.path when imported
-        import ray  # noqa: F401
+        import ray  # noqa: F401, I001  (first: it puts its psutil on sys.path)
         import psutil
     return psutil
 
@@ -188,7 +187,7 @@ def start_ray_timed(workers):
     t0 = time.perf_counter()
     import ray  # noqa: F401
     t1 = time.perf_counter()
-    from data.pipeline import start_ray
+    from nanogpt.data.workers import start_ray
     start_ray(workers)
     return dict(ray_import=t1 - t0, ray_init=time.perf_counter() - t1)
 
@@ -201,8 +200,8 @@ def stop_ray_timed():
 
 
 def plan(mode, workers):
-    """The data.pipeline.Plan of a benchmark variant."""
-    from data.pipeline import Plan
+    """The nanogpt.data.workers.Plan of a benchmark variant."""
+    from nanogpt.data.workers import Plan
     kind = 'threads' if mode == 'threads' else 'process' if workers == 1 else 'ray'
     return Plan(kind, workers, f'benchmark: {mode}')
 

@@ -54,8 +54,8 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
                     n_tokens += len(ids)
         dt = time.perf_counter() - t0
     else:
-        from data import bpe
-        from data.pipeline import Corpus
+        from nanogpt.data import bpe
+        from nanogpt.data.sources import Corpus
         if mode == 'pipeline' and workers > 1:
             res.update(harness.start_ray_timed(workers))
         t0 = time.perf_counter()

@@ -54,8 +54,8 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
         res = dict(seconds=time.perf_counter() - t0, ray_init=0.0)
         res['warm'] = res['seconds']
     else:
-        from data import char
-        from data.pipeline import Corpus
+        from nanogpt.data import char
+        from nanogpt.data.sources import Corpus
         ray_s = harness.start_ray_timed(workers) if mode == 'pipeline' and workers > 1 else {}
         times = []
         for out in (out_dir, out_dir + '_warm'):  # the second run finds Ray's workers warm (modules imported)

@@ -80,7 +80,8 @@ def shakespeare_workdir(tmp_path_factory):
 def ray_2cpus():
     """One local Ray with 2 CPUs for a module's parallel tests (ray.init costs seconds); shut down afterwards."""
     import ray
-    from data.pipeline import start_ray
+
+    from nanogpt.data.workers import start_ray
     start_ray(2)
     yield ray
     ray.shutdown()

@@ -11,13 +11,12 @@ import zipfile
 
 import pytest
 import torch
-
 from conftest import TINY_MODEL, run_script, write_char_dataset
 
-import checkpoint
-from configurator import UserError
-from loading import build_model
 from model import GPT, GPTConfig
+from nanogpt import checkpoint, checkpoint_file
+from nanogpt.errors import UserError
+from nanogpt.loading import build_model, source_of
 
 ARGS = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, bias=False, vocab_size=20)
 
@@ -59,7 +58,7 @@ def write_kind(kind, path):
     elif kind == 'bare state_dict':
         torch.save(good_state()['model'], path)
     elif kind == 'newer format':
-        torch.save(good_state(format_version=checkpoint.FORMAT_VERSION + 1), path)
+        torch.save(good_state(format_version=checkpoint_file.FORMAT_VERSION + 1), path)
     elif kind == 'no model_args':
         torch.save({'model': good_state()['model']}, path)
     elif kind == 'newer model option':
@@ -117,14 +116,14 @@ def test_load_says_what_an_unreadable_file_is(tmp_path, kind):
 def test_building_a_model_says_what_an_unreadable_checkpoint_is(tmp_path, kind):
     path = write_kind(kind, tmp_path / 'ckpt.pt')
     with pytest.raises(UserError) as refused:
-        build_model(str(path), None, {'dropout': 0.0})
+        build_model(source_of(str(path), None), {'dropout': 0.0})
     assert re.match(expected(kind, str(path), builds_model=True), str(refused.value)), str(refused.value)
 
 
 def test_good_checkpoints_load_in_both_torch_formats(tmp_path):
     for zip_format in (True, False):
         torch.save(good_state(), tmp_path / 'ckpt.pt', _use_new_zipfile_serialization=zip_format)
-        model, _ = build_model(str(tmp_path / 'ckpt.pt'), None, {'dropout': 0.0})
+        model, _ = build_model(source_of(str(tmp_path / 'ckpt.pt'), None), {'dropout': 0.0})
         assert model.config.n_embd == 16
 
 

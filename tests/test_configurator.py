@@ -1,7 +1,8 @@
 import pytest
-
 from conftest import REPO, run_script
-from configurator import ConfigError, configure
+
+from configurator import configure
+from nanogpt.errors import ConfigError
 
 DEFAULTS = dict(batch_size=12, learning_rate=6e-4, device='auto', compile=None, decay_lr=True,
                 wandb_run_name='gpt2', ckpt_iters=[], max_iters=600000)

@@ -4,14 +4,15 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA, load_prepared, run_prepare
 
 CACHE = SHARED_DATA / 'tiktoken_cache'
 if not SHARED_DATA.is_dir():
     pytest.skip('../shared/data (tiktoken cache and corpora) not present', allow_module_level=True)
-from data import bpe  # noqa: E402
-from data.pipeline import Corpus, Plan, UserError  # noqa: E402
+from nanogpt.data import bpe
+from nanogpt.data.sources import Corpus
+from nanogpt.data.workers import Plan
+from nanogpt.errors import UserError
 
 EOT = 50256
 OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'https_proxy': 'http://127.0.0.1:9',
@@ -124,7 +125,7 @@ def test_numpy_encoding_is_encode_ordinary_even_for_lone_surrogates():
 
 
 def test_uint32_tokenizer_and_dtype_check(tmp_path):
-    from data.pipeline import dtype_for
+    from nanogpt.data.output import dtype_for
     assert dtype_for(50257) == dtype_for(65535) == np.uint16 and dtype_for(65536) == dtype_for(100277) == np.uint32
     chunk = ('texts', ['hello'])
     with pytest.raises(UserError, match='does not fit'):  # ids are checked against the output dtype

@@ -8,10 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import REPO, SHARED_DATA, load_prepared, run_prepare
-from data import char
-from data.pipeline import Corpus, UserError
+
+from nanogpt.data import char
+from nanogpt.data.sources import Corpus
+from nanogpt.errors import UserError
 
 needs_shared = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
 SEP = '<|endoftext|>'
@@ -170,7 +171,7 @@ def test_tinystories_char_script_runs_without_ray_for_one_worker(tmp_path):
     meta, train, val = load_prepared(tmp_path)
     assert meta['separator'] == SEP and meta['documents'] == 2317  # 2316 separators + the cut last story
     assert int((train == meta['eot_token']).sum() + (val == meta['eot_token']).sum()) == 2317
-    code = ("import sys; sys.path.insert(0, '.'); from data import char; from data.pipeline import Corpus; "
+    code = ("import sys; from nanogpt.data import char; from nanogpt.data.sources import Corpus; "
             f"char.prepare(Corpus([{str(SHARED_DATA / 'tinyshakespeare.txt')!r}]), {str(tmp_path / 'x')!r}, stories=False, "
             "val_fraction=0.1); assert 'ray' not in sys.modules")
     r = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=60)
@@ -178,7 +179,7 @@ def test_tinystories_char_script_runs_without_ray_for_one_worker(tmp_path):
 
 
 def test_chunks_end_after_separators_and_cover_the_file(tmp_path):
-    from data.pipeline import text_ranges
+    from nanogpt.data.sources import text_ranges
     # a long last story without a separator: the boundary search must stop at the end of the file
     text = SEP.join(f"story {i} " + 'é' * (i % 5) for i in range(50)) + SEP + 'x' * 5000
     path = write(tmp_path / 'r.txt', text)
@@ -244,7 +245,7 @@ def test_shakespeare_scripts_offer_only_the_options_they_use(tmp_path):
 
 
 def test_download_is_whole_or_a_one_line_error(tmp_path):
-    from data.pipeline import download
+    from nanogpt.data.sources import download
     src = write(tmp_path / 'src.txt', 'First Citizen:\n' * 100)
     download(Path(src).as_uri(), str(tmp_path / 'input.txt'))
     assert (tmp_path / 'input.txt').read_bytes() == Path(src).read_bytes()
@@ -256,7 +257,7 @@ def test_download_is_whole_or_a_one_line_error(tmp_path):
 def test_hub_probe_uses_the_port_of_hf_endpoint(monkeypatch):
     import socket
 
-    from data.pipeline import _hub_reachable
+    from nanogpt.data.sources import _hub_reachable
     for k in ('HF_HUB_OFFLINE', 'HF_DATASETS_OFFLINE', 'https_proxy', 'HTTPS_PROXY', 'all_proxy', 'ALL_PROXY'):
         monkeypatch.delenv(k, raising=False)
     with socket.socket() as server:  # a mirror on a port of its own

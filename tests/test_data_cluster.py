@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import SHARED_DATA, free_port, run_prepare
 
 pytestmark = [pytest.mark.slow,
@@ -96,9 +95,8 @@ def test_driver_killed_on_the_cluster_keeps_the_previous_bins(tmp_path, ray_clus
     before = [(out / f).read_bytes() for f in BINS]
     code = f"""
 import os, signal, sys
-sys.path.insert(0, {str(REPO)!r})
-from data import char
-from data.pipeline import Corpus
+from nanogpt.data import char
+from nanogpt.data.sources import Corpus
 
 
 def kill_driver(fn, driver):

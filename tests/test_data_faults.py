@@ -9,10 +9,11 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, SHARED_DATA
-from data import bpe, char
-from data.pipeline import Corpus, UserError
+
+from nanogpt.data import bpe, char
+from nanogpt.data.sources import Corpus
+from nanogpt.errors import UserError
 
 SEP = '<|endoftext|>'
 BINS = ('train.bin', 'val.bin', 'meta.json')

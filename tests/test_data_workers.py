@@ -1,9 +1,9 @@
 """How the prepare scripts choose their workers (--num_workers auto | N; data/pipeline.choose_workers)."""
 import pytest
-
 from conftest import SHARED_DATA, load_prepared, run_prepare
-from data import bpe, char
-from data.pipeline import RAY_FIXED_S, Speed, choose_workers
+
+from nanogpt.data import bpe, char
+from nanogpt.data.workers import RAY_FIXED_S, Speed, choose_workers
 
 SPEED = Speed(mb_per_s=200.0, ray_efficiency=0.8)
 

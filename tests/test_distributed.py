@@ -16,15 +16,13 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, TINY_MODEL, char_workdir
 
-import checkpoint
-import distributed
-import runlock
-from distributed import Launch, detect_launch, expand_hostlist
 from model import GPT, GPTConfig
-from train import RandomBatches, read_vocab
+from nanogpt import checkpoint, distributed, runlock
+from nanogpt.batches import RandomBatches
+from nanogpt.distributed import Launch, detect_launch, expand_hostlist
+from nanogpt.tokenizer import read_vocab
 
 ITERS = 20
 TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4', '--log_interval=5',

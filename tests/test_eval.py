@@ -17,11 +17,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-
-import checkpoint
 from conftest import REPO, SHARED_DATA, TINY_MODEL, run_script, shared_file, write_char_dataset
+
 from model import GPT, GPTConfig
-from runlog import read_log
+from nanogpt import checkpoint, checkpoint_file, hf
+from nanogpt.runlog import read_log
 
 CACHE = SHARED_DATA / 'tiktoken_cache'
 OFFLINE = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'https_proxy': 'http://127.0.0.1:9',
@@ -157,9 +157,11 @@ def test_hellaswag_agrees_with_transformers_scoring_the_hf_export(bpe_run):
 
 
 def test_hellaswag_does_not_depend_on_batching(bpe_run):
-    import evaluation
-    from loading import Codec
     from contextlib import nullcontext
+
+    import evaluation
+
+    from nanogpt.tokenizer import Codec
     model = GPT(GPTConfig(**checkpoint.load(bpe_run / 'out' / 'ckpt.pt')['model_args']))
     model.load_state_dict(checkpoint.load(bpe_run / 'out' / 'ckpt.pt')['model'])
     examples = evaluation.load_hellaswag(str(bpe_run / 'hellaswag.jsonl'), Codec({'tokenizer': 'gpt2'}))
@@ -197,7 +199,7 @@ def test_hf_export_of_a_char_model_with_either_bias_and_any_attention_implementa
     for p in model.parameters():  # biases and norm gains away from their init, so a lost one shows
         p.data += 0.1 * torch.randn_like(p)
     vocab = {'tokenizer': 'char', 'vocab_size': 7, 'itos': list('\n abcd') + ['<|endoftext|>']}
-    checkpoint.save({'model': model.state_dict(), 'model_args': args, 'vocab': vocab}, tmp_path / 'model.pt')
+    checkpoint_file.save({'model': model.state_dict(), 'model_args': args, 'vocab': vocab}, tmp_path / 'model.pt')
     out = run_script('checkpoint.py', 'export', tmp_path / 'model.pt', tmp_path / 'hf', '--format=hf', cwd=tmp_path)
     assert 'note: no tokenizer files' in out.stdout
     assert sorted(p.name for p in (tmp_path / 'hf').iterdir()) == ['config.json', 'model.safetensors']
@@ -214,9 +216,9 @@ def test_hf_export_of_openai_gpt2_round_trips(tmp_path):
         original = GPT2LMHeadModel.from_pretrained('gpt2', local_files_only=True).eval()
     except OSError:
         pytest.skip("OpenAI's GPT-2 weights are not in the local Hugging Face cache")
-    ours = GPT.from_pretrained('gpt2')
+    ours = hf.load_gpt2('gpt2')
     args = {k: getattr(ours.config, k) for k in ('n_layer', 'n_head', 'n_embd', 'block_size', 'bias', 'vocab_size')}
-    checkpoint.save({'model': ours.state_dict(), 'model_args': args, 'vocab': {'tokenizer': 'gpt2', 'vocab_size': 50257}},
+    checkpoint_file.save({'model': ours.state_dict(), 'model_args': args, 'vocab': {'tokenizer': 'gpt2', 'vocab_size': 50257}},
                     tmp_path / 'gpt2.pt')
     run_script('checkpoint.py', 'export', tmp_path / 'gpt2.pt', tmp_path / 'hf', '--format=hf', cwd=tmp_path)
     exported = GPT2LMHeadModel.from_pretrained(tmp_path / 'hf').eval()
@@ -279,7 +281,7 @@ def test_bits_per_byte_of_a_char_model_counts_utf8_bytes(tmp_path):
     torch.manual_seed(0)  # untrained weights: the counting is the same
     args = dict(n_layer=2, n_head=2, n_embd=32, block_size=32, vocab_size=len(itos))
     model = GPT(GPTConfig(**args)).eval()
-    checkpoint.save({'model': model.state_dict(), 'model_args': args, 'vocab': vocab,
+    checkpoint_file.save({'model': model.state_dict(), 'model_args': args, 'vocab': vocab,
                      'config': {'dataset': 'accents'}}, tmp_path / 'model.pt')
     out = run_script('eval.py', '--init_from=model.pt', '--tasks=bpb', '--device=cpu', cwd=tmp_path).stdout
     tokens = np.fromfile(tmp_path / 'data' / 'accents' / 'val.bin', dtype=np.uint16)
@@ -364,6 +366,7 @@ metric_list:
 def test_hellaswag_file_is_downloaded_once_into_the_cache(tmp_path, monkeypatch):
     import http.server
     import threading
+
     import evaluation
     served = tmp_path / 'served'
     served.mkdir()
@@ -395,7 +398,7 @@ def write_bad_files(workdir):
     torch.manual_seed(0)
     args = dict(n_layer=1, n_head=2, n_embd=16, block_size=16, vocab_size=7, pos_enc='rope')
     vocab = {'tokenizer': 'char', 'vocab_size': 7, 'itos': list('\n abcde')}
-    checkpoint.save({'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args, 'vocab': vocab},
+    checkpoint_file.save({'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args, 'vocab': vocab},
                     workdir / 'rope.pt')
 
 

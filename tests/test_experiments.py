@@ -9,9 +9,9 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, TINY_MODEL, run_script
-from runlog import read_log
+
+from nanogpt.runlog import read_log
 
 TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4', '--log_interval=5',
          '--learning_rate=3e-3', '--warmup_iters=5', '--lr_decay_iters=40', '--gradient_accumulation_steps=1']

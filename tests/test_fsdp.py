@@ -12,13 +12,12 @@ import time
 
 import pytest
 import torch
-
-from conftest import REPO, TINY_MODEL, _kill_processes_under, run_script, char_workdir
+from conftest import REPO, TINY_MODEL, _kill_processes_under, char_workdir, run_script
 from test_distributed import clean_env
 from test_train import OPTION_MIXES, files_in, logged_numbers
 
-import checkpoint
-from runlog import read_log
+from nanogpt import checkpoint, checkpoint_file, sharded
+from nanogpt.runlog import read_log
 
 ITERS = 30
 # dropout on, so that the random states matter; 4 micro-steps over 2 ranks: one without gradient sync
@@ -115,7 +114,7 @@ def test_fsdp_resume_after_sigkill_at_random_moments_is_bitwise_identical(refere
         time.sleep(rng.uniform(0, 0.3))  # anywhere in the next iterations, saves included
         _kill_processes_under(str(out))  # torchrun and both ranks, as if the node had died
         proc.communicate()
-        start = checkpoint.load(out / 'ckpt')['iter_num'] if checkpoint.find_sharded(str(out / 'ckpt')) else 0
+        start = checkpoint.load(out / 'ckpt')['iter_num'] if sharded.find_sharded(str(out / 'ckpt')) else 0
         kills.append((target, start))
     log = finish(torchrun(*TRAIN, '--parallelism=fsdp', f'--out_dir={out}', '--init_from=resume', cwd=workdir))
     assert 'resuming training from' in log, log
@@ -167,8 +166,7 @@ def test_architecture_options_and_mixed_precision_train_sharded(workdir, tmp_pat
 SAVER = """
 import os, sys, torch, torch.distributed as dist
 from torch.distributed.fsdp import fully_shard
-sys.path.insert(0, sys.argv[1])
-import checkpoint
+from nanogpt import sharded
 if 'RANK' in os.environ:
     dist.init_process_group('gloo')
 model = torch.nn.Linear(512, 1024)  # 2 MiB of weights, twice that of moments
@@ -184,7 +182,7 @@ while True:  # every state is consistent: all weights equal to the 'i' that stat
     with torch.no_grad():
         for p in model.parameters():
             p.fill_(float(i))
-    checkpoint.save_sharded({'i': i, 'model_args': {}}, model, optimizer, sys.argv[2])
+    sharded.save_sharded({'i': i, 'model_args': {}}, model, optimizer, sys.argv[2])
     i += 1
 """
 
@@ -206,10 +204,10 @@ def test_sigkill_during_a_sharded_save_leaves_a_loadable_checkpoint(tmp_path, ra
         _kill_processes_under(str(path))
         proc.communicate()
         seen.append(sorted(p.name for p in tmp_path.iterdir() if 'ckpt' in p.name))
-        if checkpoint.find_sharded(str(path)):
+        if sharded.find_sharded(str(path)):
             ckpt = checkpoint.load(path)
             assert all(torch.all(w == ckpt['i']) for w in ckpt['model'].values()), (delay, seen)
-    assert checkpoint.find_sharded(str(path)), seen
+    assert sharded.find_sharded(str(path)), seen
 
 
 def test_a_save_killed_between_its_two_renames_loads_the_newer_checkpoint(tmp_path):
@@ -220,14 +218,14 @@ def test_a_save_killed_between_its_two_renames_loads_the_newer_checkpoint(tmp_pa
     for i in (1, 2):
         with torch.no_grad():
             model.weight.fill_(i)
-        checkpoint.save_sharded({'i': i, 'model_args': {}}, model, optimizer, str(path))
+        sharded.save_sharded({'i': i, 'model_args': {}}, model, optimizer, str(path))
         if i == 1:
             shutil.copytree(path, tmp_path / '.ckpt.old')
     path.rename(tmp_path / '.ckpt.tmp')
-    assert checkpoint.find_sharded(str(path)) == str(tmp_path / '.ckpt.tmp')
+    assert sharded.find_sharded(str(path)) == str(tmp_path / '.ckpt.tmp')
     assert checkpoint.load(path)['i'] == 2 and torch.all(checkpoint.load(path)['model']['weight'] == 2)
     # the next save completes the swap first, then replaces ckpt/ as usual
-    checkpoint.save_sharded({'i': 3, 'model_args': {}}, model, optimizer, str(path))
+    sharded.save_sharded({'i': 3, 'model_args': {}}, model, optimizer, str(path))
     assert sorted(p.name for p in tmp_path.iterdir()) == ['ckpt']
     assert checkpoint.load(path)['i'] == 3
     # a .ckpt.tmp/ that a kill left unfinished (no state.pt) is never loaded
@@ -294,7 +292,7 @@ def break_checkpoint(out, change):
     elif change == 'no .metadata':
         (ckpt / '.metadata').unlink()
     elif change == 'ddp checkpoint':  # only a single-file checkpoint, as a DDP run writes
-        checkpoint.save(checkpoint.inference_state(checkpoint.load(ckpt)), out / 'ckpt.pt')
+        checkpoint_file.save(checkpoint.inference_state(checkpoint.load(ckpt)), out / 'ckpt.pt')
         shutil.rmtree(ckpt)
 
 

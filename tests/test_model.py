@@ -5,8 +5,20 @@ from pathlib import Path
 import pytest
 import torch
 
-from model import (ARCHITECTURE, GPT, MLP, OPTIONS, CausalSelfAttention, GPTConfig, KVCache, Rotary, gelu_tanh,
-                   sample_next_token)
+from model import (
+    ARCHITECTURE,
+    GPT,
+    MLP,
+    OPTIONS,
+    CausalSelfAttention,
+    GPTConfig,
+    KVCache,
+    Rotary,
+    gelu_tanh,
+    sample_next_token,
+)
+from nanogpt import hf
+from nanogpt.errors import ConfigError
 
 
 def tiny_gpt(seed=0, **overrides):
@@ -176,7 +188,7 @@ def test_from_pretrained_local_directory_matches_transformers(tmp_path):
     hf_config = transformers.GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=24, vocab_size=101)
     hf_model = transformers.GPT2LMHeadModel(hf_config).eval()
     hf_model.save_pretrained(tmp_path)
-    model = GPT.from_pretrained(str(tmp_path)).eval()
+    model = hf.load_gpt2(str(tmp_path)).eval()
     assert model.config.block_size == 24 and model.config.vocab_size == 101
     idx = torch.randint(0, 101, (2, 24))
     with torch.no_grad():
@@ -217,11 +229,11 @@ def test_every_option_trains_reloads_and_generates_the_same_tokens_with_the_kv_c
     assert losses[-1] < losses[0] - 0.3, losses  # it learns (without residual connections, slowly)
 
     # the checkpoint records the options, and the model they rebuild gives the same logits
-    import checkpoint
-    from loading import build_model
+    from nanogpt import checkpoint_file
+    from nanogpt.loading import build_model, source_of
     model_args = {k: getattr(model.config, k) for k in ARCHITECTURE}
-    checkpoint.save({'model': model.state_dict(), 'model_args': model_args}, tmp_path / 'ckpt.pt')
-    rebuilt, _ = build_model(str(tmp_path / 'ckpt.pt'), None, {'dropout': 0.0})
+    checkpoint_file.save({'model': model.state_dict(), 'model_args': model_args}, tmp_path / 'ckpt.pt')
+    rebuilt, _ = build_model(source_of(str(tmp_path / 'ckpt.pt'), None), {'dropout': 0.0})
     assert rebuilt.config == model.config
     model.eval()
     rebuilt.eval()
@@ -363,18 +375,18 @@ def test_impossible_architectures_are_refused(options, message):
 
 
 def test_gpt2_weights_refuse_other_architectures_before_loading():
-    with pytest.raises(ValueError, match=r"OpenAI's GPT-2 weights need GPT-2's architecture, so mlp='swiglu'"):
-        GPT.from_pretrained('/nonexistent', dict(mlp='swiglu'))
+    with pytest.raises(ConfigError, match=r"OpenAI's GPT-2 weights need GPT-2's architecture, so mlp='swiglu'"):
+        hf.load_gpt2('/nonexistent', dict(mlp='swiglu'))
 
 
 def test_a_checkpoint_written_before_the_options_loads_as_gpt2_with_identical_logits():
     """tests/data/gpt2_checkpoint_before_options.pt was written by the code before the architecture
     options existed (its model_args have no option keys), with the logits that code computed."""
-    import checkpoint
-    from loading import build_model
+    from nanogpt import checkpoint
+    from nanogpt.loading import build_model, source_of
     path = Path(__file__).parent / 'data' / 'gpt2_checkpoint_before_options.pt'
     old = checkpoint.load(path)
     assert not set(OPTIONS) & set(old['model_args'])
-    model, _ = build_model(str(path), None, {'dropout': 0.0})
+    model, _ = build_model(source_of(str(path), None), {'dropout': 0.0})
     assert model.config == GPTConfig(**{k: old['model_args'][k] for k in ARCHITECTURE[:6]}, dropout=0.0)
     assert torch.equal(full_logits(model.eval(), old['probe_idx']), old['probe_logits'])

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 import torch
+from conftest import REPO, TINY_MODEL, run_script
 
 import checkpoint
-from conftest import REPO, TINY_MODEL, run_script
 from model import GPT, GPTConfig
 from muon import Muon, orthogonalize
 

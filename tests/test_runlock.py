@@ -11,11 +11,10 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO, TINY_MODEL, run_script, write_char_dataset
 
-import runlock
-from configurator import UserError
+from nanogpt import runlock
+from nanogpt.errors import UserError
 
 TRAIN = [*TINY_MODEL, '--dataset=tiny', '--eval_interval=100000', '--eval_iters=2', '--log_interval=1',
          '--gradient_accumulation_steps=1', '--out_dir=out']

@@ -5,10 +5,10 @@ import os
 
 import pytest
 import torch
-
-import checkpoint
 from conftest import SHARED_DATA, run_script
+
 from model import GPT, GPTConfig
+from nanogpt import checkpoint_file
 
 GPT2_VOCAB = {'tokenizer': 'gpt2', 'vocab_size': 50257}
 CHAR_VOCAB = {'tokenizer': 'char', 'vocab_size': 6, 'itos': ['\n', ' ', 'a', 'b', 'é', '<|endoftext|>']}
@@ -21,7 +21,7 @@ def write_model(path, vocab, block_size=16):
     args = dict(n_layer=2, n_head=2, n_embd=32, block_size=block_size, bias=False,
                 vocab_size=(vocab['vocab_size'] + 63) // 64 * 64 if vocab['tokenizer'] != 'char' else vocab['vocab_size'])
     model = GPT(GPTConfig(**args, dropout=0.0))
-    checkpoint.save({'model': model.state_dict(), 'model_args': args, 'vocab': vocab}, path)
+    checkpoint_file.save({'model': model.state_dict(), 'model_args': args, 'vocab': vocab}, path)
     return path
 
 
@@ -51,7 +51,7 @@ def test_kv_cache_and_streaming_print_the_same_text(tmp_path, vocab, tiktoken_en
 
 def test_streaming_holds_back_bytes_of_a_split_utf8_character(tiktoken_env):
     os.environ.update(tiktoken_env)
-    from sample import Codec
+    from nanogpt.tokenizer import Codec
     codec = Codec(GPT2_VOCAB)
     text = "naïve café 東京 🙂"
     ids = codec.encode(text)
@@ -61,7 +61,7 @@ def test_streaming_holds_back_bytes_of_a_split_utf8_character(tiktoken_env):
 
 
 def test_char_prompts_match_multi_character_symbols_whole():
-    from sample import Codec
+    from nanogpt.tokenizer import Codec
     codec = Codec(CHAR_VOCAB)
     ids = codec.encode("ab<|endoftext|>é a")
     assert ids == [2, 3, 5, 4, 1, 2]

@@ -16,12 +16,10 @@ import time
 
 import pytest
 import torch
-
 from conftest import REPO, TINY_MODEL, run_script, shared_file, write_char_dataset
 
-import checkpoint
-import runlock
-from runlog import read_log
+from nanogpt import checkpoint, runlock
+from nanogpt.runlog import read_log
 
 ITERS = 150
 TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', f'--max_iters={ITERS}', '--eval_interval=50', '--eval_iters=4',
@@ -144,7 +142,7 @@ def test_sbatch_script_trains_with_two_ranks(full_run):
 
 def test_launch_detection_in_a_real_job(jobs, slurm, tmp_path):
     """The variables that the batch shell, srun tasks and a one-task srun really get."""
-    show = f"{sys.executable} -c 'import distributed; print(distributed.detect_launch())'"
+    show = f"{sys.executable} -c 'from nanogpt import distributed; print(distributed.detect_launch())'"
     script = f"echo batch: $({show}); srun --label {show}; echo one: $(srun -n1 {show})"
     proc = subprocess.run(['sbatch', '--parsable', '--ntasks=2', '--cpus-per-task=1', f'--chdir={tmp_path}',
                            f'--output={tmp_path}/detect.out', '--wrap', script], capture_output=True, text=True,

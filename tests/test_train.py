@@ -17,11 +17,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
-import checkpoint
 from conftest import REPO, TINY_MODEL, run_script
-from loading import RandomBatches
-from runlog import read_log
+
+from nanogpt import checkpoint, checkpoint_file
+from nanogpt.batches import RandomBatches
+from nanogpt.runlog import read_log
 
 TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4',
          '--log_interval=1', '--learning_rate=3e-3', '--warmup_iters=5', '--lr_decay_iters=40',
@@ -153,13 +153,12 @@ def test_resume_after_sigkill_is_bitwise_identical(trained, uninterrupted, tmp_p
 
 SAVER = """
 import sys, torch
-sys.path.insert(0, sys.argv[1])
-import checkpoint
+from nanogpt import checkpoint_file
 states = [{'model': {'w': torch.full((1 << 20,), float(i))}, 'i': i} for i in range(2)]
 print('ready', flush=True)
 i = 0
 while True:
-    checkpoint.save(states[i % 2], sys.argv[2])
+    checkpoint_file.save(states[i % 2], sys.argv[2])
     i += 1
 """
 
@@ -177,7 +176,7 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
             assert torch.equal(state['model']['w'], torch.full((1 << 20,), float(state['i'])))
     assert path.exists()
     # the temporary file of a killed save is cleaned up by the next save
-    checkpoint.save({'model': {}}, path)
+    checkpoint_file.save({'model': {}}, path)
     assert [p.name for p in tmp_path.iterdir()] == ['ckpt.pt']
 
 
@@ -233,7 +232,7 @@ def test_non_finite_loss_stops_without_saving(trained, tmp_path):
     ckpt = checkpoint.load(trained / 'out' / 'ckpt.pt')
     ckpt['model']['lm_head.weight'][0, 0] = float('nan')
     bad = tmp_path / 'nan.pt'
-    checkpoint.save(checkpoint.inference_state(ckpt), bad)
+    checkpoint_file.save(checkpoint.inference_state(ckpt), bad)
     out = tmp_path / 'out'
     proc = run_script('train.py', *TRAIN, '--max_iters=20', f'--out_dir={out}', f'--init_from={bad}',
                       cwd=trained, check=False)

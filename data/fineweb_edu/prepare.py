@@ -8,11 +8,9 @@ val.bin; every document ends with <|endoftext|> (50256).
     python data/fineweb_edu/prepare.py --input shards/*.parquet           # local files, offline
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data import bpe  # noqa: E402
-from data.pipeline import cli  # noqa: E402
+from nanogpt.data import bpe
+from nanogpt.errors import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -23,4 +21,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli(main)
+    run(main)

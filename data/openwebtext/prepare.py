@@ -6,11 +6,9 @@ the documents (seed 2357) go to val.bin; every document ends with <|endoftext|> 
     python data/openwebtext/prepare.py --input shards/*.jsonl.gz     # local files, offline
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data import bpe  # noqa: E402
-from data.pipeline import cli  # noqa: E402
+from nanogpt.data import bpe
+from nanogpt.errors import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -20,4 +18,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli(main)
+    run(main)

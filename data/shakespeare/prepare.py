@@ -5,12 +5,11 @@ are train.bin and the last 10% val.bin, each encoded as one document followed by
     python data/shakespeare/prepare.py --input my.txt    # any local text file, no network
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data import bpe  # noqa: E402
-from data.pipeline import (TINY_SHAKESPEARE, ArgumentParser, Corpus, UserError, add_common_args,  # noqa: E402
-                           check_args, check_inputs, cli, download)
+from nanogpt.data import bpe
+from nanogpt.data.cli import ArgumentParser, add_common_args, check_args
+from nanogpt.data.sources import TINY_SHAKESPEARE, Corpus, check_inputs, download
+from nanogpt.errors import UserError, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -44,4 +43,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli(main)
+    run(main)

@@ -5,12 +5,11 @@
     python data/shakespeare_char/prepare.py --input my.txt   # any local text file, no network
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data import char  # noqa: E402
-from data.pipeline import (TINY_SHAKESPEARE, ArgumentParser, Corpus, add_common_args, check_args,  # noqa: E402
-                           check_inputs, cli, download)
+from nanogpt.data import char
+from nanogpt.data.cli import ArgumentParser, add_common_args, check_args
+from nanogpt.data.sources import TINY_SHAKESPEARE, Corpus, check_inputs, download
+from nanogpt.errors import run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -33,4 +32,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli(main)
+    run(main)

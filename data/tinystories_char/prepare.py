@@ -10,12 +10,11 @@ whole stories go to val.bin with probability --val_fraction (seeded), so none st
     python data/tinystories_char/prepare.py --ray_address auto ...           # on a Ray cluster (shared filesystem)
 """
 import os
-import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from data import char  # noqa: E402
-from data.pipeline import (ArgumentParser, Corpus, UserError, add_common_args, check_args,  # noqa: E402
-                           check_inputs, cli, load_hf_dataset)
+from nanogpt.data import char
+from nanogpt.data.cli import ArgumentParser, add_common_args, check_args
+from nanogpt.data.sources import Corpus, check_inputs, load_hf_dataset
+from nanogpt.errors import UserError, run
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -38,4 +37,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    cli(main)
+    run(main)

@@ -27,9 +27,10 @@ Two modes:
 """
 import numpy as np
 
-from data.pipeline import (SEPARATOR, Output, Speed, UserError, Workers, choose_workers, chunk_documents,
-                           chunk_progress, dtype_for, is_text_file, progress, read_range, split_runs, val_mask,
-                           write_at)
+from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mask, write_at
+from nanogpt.data.sources import SEPARATOR, chunk_documents, chunk_progress, is_text_file, read_range
+from nanogpt.data.workers import Speed, Workers, choose_workers
+from nanogpt.errors import UserError
 
 # Measured with bench/prepare_char.py (TinyStories; README "Choosing the workers"), for --num_workers auto.
 # No threads: bytes.translate and the splits hold the GIL.

@@ -1,5 +1,6 @@
 """
-A run's own record, beside its checkpoints, for plot.py, sweep.py and anyone with a text editor:
+A run's own record, beside its checkpoints, for plot.py, sweep.py and anyone with a text editor
+(plot_runs draws its loss curves):
 
 - out_dir/log.jsonl: one JSON object per line, at every log step (iter, loss, lr, ms_per_iter,
   tokens_per_s, mfu, wall_s) and every evaluation (iter, train_loss, val_loss, lr, wall_s), with
@@ -23,6 +24,9 @@ import subprocess
 import time
 
 import torch
+
+from nanogpt.errors import UserError
+from nanogpt.files import atomic_write
 
 
 def code_version():
@@ -78,9 +82,10 @@ class RunLog:
         # an evaluation by eval.py (source) is of a checkpoint the resumed run does not recompute: it stays
         kept = [e for e in read_log(self.path) if e['iter'] < start_iter or e.get('source') == 'eval.py'] \
             if os.path.exists(self.path) else []
-        _write_atomically(self.path, ''.join(json.dumps(e) + '\n' for e in kept))
-        _write_atomically(os.path.join(out_dir, 'config.json'),
-                          json.dumps({'config': config, 'provenance': provenance}, indent=2) + '\n')
+        with atomic_write(self.path, 'w') as f:
+            f.write(''.join(json.dumps(e) + '\n' for e in kept))
+        with atomic_write(os.path.join(out_dir, 'config.json'), 'w') as f:
+            f.write(json.dumps({'config': config, 'provenance': provenance}, indent=2) + '\n')
         self.file = open(self.path, 'a')
         self.wall_offset = max((e.get('wall_s', 0.0) for e in kept), default=0.0)
         self.t0 = time.time()
@@ -120,10 +125,46 @@ def append(path, entry):
         f.write(json.dumps(entry) + '\n')
 
 
-def _write_atomically(path, text):
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, 'w') as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def load_curves(run_dir):
+    """(iterations and losses of the training log lines, the same for evaluations), each with wall times."""
+    path = os.path.join(run_dir, 'log.jsonl')
+    if not os.path.isfile(path):
+        raise UserError(f"no log at {path}: is {run_dir} the out_dir of a train.py run?")
+    entries = read_log(path)
+    train = [(e['iter'], e['wall_s'], e['loss']) for e in entries if 'loss' in e]
+    val = [(e['iter'], e['wall_s'], e['val_loss']) for e in entries if 'val_loss' in e]
+    if not train and not val:
+        raise UserError(f"{path} holds no losses yet; plot again once the run has logged")
+    return train, val
+
+
+def plot_runs(run_dirs, output, title=None):
+    try:
+        import matplotlib
+        matplotlib.use('Agg')  # files only: no display needed on a cluster
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise UserError("plotting needs matplotlib: pip install matplotlib") from None
+    curves = {os.path.basename(os.path.normpath(d)): load_curves(d) for d in run_dirs}
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for (name, (train, val)), color in zip(curves.items(), plt.rcParams['axes.prop_cycle'].by_key()['color'] * 10):
+        for ax, x in zip(axes, (0, 1)):  # x: iterations, then wall seconds
+            if train:
+                ax.plot([p[x] for p in train], [p[2] for p in train], color=color, alpha=0.35, linewidth=0.8)
+            if val:
+                ax.plot([p[x] for p in val], [p[2] for p in val], color=color, marker='o', markersize=3,
+                        label=f"{name} (val {val[-1][2]:.3f})")
+            elif train:
+                ax.plot([], [], color=color, label=name)
+    for ax, xlabel in zip(axes, ('iteration', 'wall time (s)')):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel('loss (faint: train, dots: val)')
+        ax.set_yscale('log')  # early and late losses differ by an order of magnitude
+        ax.grid(True, which='both', alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.suptitle(title or ', '.join(curves))
+    fig.tight_layout()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    fig.savefig(output, dpi=110)
+    plt.close(fig)
+    return output

@@ -13,8 +13,8 @@ With parallelism='fsdp', shard_model() shards the model across the ranks with Py
 
 Preemption: SIGUSR1 and SIGTERM (what `sbatch --signal=USR1@N`, `scancel` and time limits
 send) only set a flag; the training loop polls it once per iteration, all ranks agree on
-the iteration to stop at, rank 0 writes a checkpoint, and after SIGUSR1 the job requeues
-itself (see requeue_slurm_job).
+the iteration to stop at, they write a checkpoint (rank 0 the file; with fsdp every rank its
+shards), and after SIGUSR1 the job requeues itself (see requeue_slurm_job).
 """
 
 import contextlib
@@ -30,7 +30,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from configurator import UserError
+from nanogpt.errors import UserError
 
 
 @dataclass
@@ -161,6 +161,15 @@ def all_average(value, launch, device):
     t = torch.tensor(value, dtype=torch.float64 if device == 'cpu' else torch.float32, device=device)
     dist.all_reduce(t, op=dist.ReduceOp.SUM)
     return t.item() / launch.world_size
+
+
+def all_gather(obj, launch):
+    """[every rank's obj], in rank order (a collective); [obj] in a single process."""
+    if not launch.ddp:
+        return [obj]
+    gathered = [None] * launch.world_size
+    dist.all_gather_object(gathered, obj)
+    return gathered
 
 
 def share_failure(error, launch):

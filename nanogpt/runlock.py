@@ -24,7 +24,7 @@ import socket
 import subprocess
 import time
 
-from configurator import UserError
+from nanogpt.errors import UserError
 
 LOCK_FILE = '.lock'
 # squeue states in which a job's processes may still run and write

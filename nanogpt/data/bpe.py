@@ -11,38 +11,19 @@ tokenization. Whole documents go to val.bin with probability val_fraction, by a 
 document index), so the bytes do not depend on the worker count or chunk size.
 """
 import itertools
-import os
 
 import numpy as np
 
-from data.pipeline import (ArgumentParser, Corpus, Output, Speed, UserError, Workers, add_common_args, check_args,
-                           check_inputs, choose_workers, chunk_documents, chunk_progress, dtype_for, load_hf_dataset,
-                           progress, split_runs, val_mask, write_error)
-
-_ENCODINGS = {}  # per process: a Ray worker loads the encoding once, not once per task
+from nanogpt.data.cli import ArgumentParser, add_common_args, check_args
+from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mask, write_error
+from nanogpt.data.sources import Corpus, check_inputs, chunk_documents, chunk_progress, load_hf_dataset
+from nanogpt.data.workers import Speed, Workers, choose_workers
+from nanogpt.errors import UserError
+from nanogpt.tokenizer import get_encoding
 
 # Measured with bench/prepare_bpe.py (GPT-2, C4 web text; README "Choosing the workers"), for --num_workers auto
 SPEED = Speed(mb_per_s=12.7, ray_efficiency=0.7, gil_share=0.2)
 BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
-
-
-def get_encoding(name):
-    """A tiktoken encoding, or a one-line error that explains how to provide its files offline."""
-    if name not in _ENCODINGS:
-        import tiktoken
-        try:
-            _ENCODINGS[name] = tiktoken.get_encoding(name)
-        except Exception as e:  # requests' ConnectionError, a ValueError for an unknown name, ...
-            if name not in tiktoken.list_encoding_names():
-                raise UserError(f"unknown tiktoken encoding {name!r} (known: {', '.join(tiktoken.list_encoding_names())})")
-            cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR')
-            raise UserError(
-                f"cannot load the tiktoken encoding {name!r} ({type(e).__name__}"
-                f"{', cache ' + cache if cache else ''}): tiktoken downloads its files once and caches them in "
-                f"$TIKTOKEN_CACHE_DIR; offline, set TIKTOKEN_CACHE_DIR to a folder that holds them, seeded on a "
-                f"machine with internet by: TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; "
-                f"tiktoken.get_encoding('{name}')\" (then copy that folder here)")
-    return _ENCODINGS[name]
 
 
 def encode_ordinary(enc, text):

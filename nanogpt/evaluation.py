@@ -25,10 +25,11 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from configurator import UserError
-from data.bpe import get_encoding
-from data.pipeline import download
-from loading import sequential_batches
+from nanogpt.batches import sequential_batches
+from nanogpt.data.sources import download
+from nanogpt.errors import UserError
+from nanogpt.files import cache_dir
+from nanogpt.tokenizer import get_encoding
 
 HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 
@@ -90,12 +91,12 @@ class Example(NamedTuple):
 
 
 def hellaswag_file(path=''):
-    """path, or HellaSwag's validation set, downloaded once into ~/.cache/nanogpt."""
+    """path, or HellaSwag's validation set, downloaded once into the cache folder (~/.cache/nanogpt)."""
     if path:
         if not os.path.isfile(path):
             raise UserError(f"hellaswag_file {path} not found")
         return path
-    cache = os.path.join(os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache'), 'nanogpt')
+    cache = cache_dir()
     cached = os.path.join(cache, 'hellaswag_val.jsonl')
     if not os.path.exists(cached):
         try:
