@@ -30,6 +30,7 @@ import sys
 import time
 
 import configurator
+from nanogpt import checkpoint
 from nanogpt.errors import ConfigError, UserError, run
 from nanogpt.runlog import plot_runs, read_log
 
@@ -79,7 +80,7 @@ def status(run_dir):
     log = os.path.join(run_dir, 'log.jsonl')
     if os.path.exists(log) and any('val_loss_full' in e for e in read_log(log)):
         return 'done'
-    return 'resume' if os.path.exists(os.path.join(run_dir, 'ckpt.pt')) else 'new'
+    return 'resume' if checkpoint.resumable(run_dir) else 'new'
 
 
 def start(name, overrides, run_dir, base, extra, threads):

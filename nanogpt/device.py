@@ -66,6 +66,7 @@ def autocast_context(device_type, dtype):
 
 # Dense (no sparsity) peak FLOP/s of the tensor cores for bfloat16/float16, from the vendors'
 # data sheets. MFU is achieved FLOP/s over this number, so it is only as right as this table.
+# A GPU's name is matched against the rows by gpu_peak_flops, longest row first, in any order.
 PEAK_FLOPS_16BIT = {
     'H200': 989e12, 'H100 NVL': 835e12, 'H100 PCIe': 756e12, 'H100': 989e12, 'GH200': 989e12,
     'A100': 312e12, 'A800': 312e12, 'A10G': 70e12, 'A10': 125e12, 'L40S': 362e12, 'L4': 121e12,
@@ -80,24 +81,25 @@ def device_peak_flops(device, dtype, override=0.0):
         return override, "peak_flops from the config"
     if str(device).startswith('cuda'):
         name = torch.cuda.get_device_name(device)
-        flops = gpu_peak_flops(name, dtype)
+        flops, row = gpu_peak_flops(name, dtype)
         if flops is None:
             return None, f"{name} is not in nanogpt/device.py's PEAK_FLOPS_16BIT; pass --peak_flops=<FLOP/s> for an MFU"
-        return flops, f"{name}, data sheet"
+        return flops, f"{name}, data sheet of the {row}"
     if str(device) == 'cpu':
         return measured_cpu_peak(dtype)
     return None, f"no peak FLOP/s is known for {device}; pass --peak_flops=<FLOP/s> for an MFU"
 
 
 def gpu_peak_flops(name, dtype):
-    """The data sheet's peak for a GPU that torch names `name` ('NVIDIA GH200 480GB'), or None. The longest
-    key found in the name wins, so 'GH200' is not taken for the 'H200' inside it, nor 'H100 NVL' for 'H100'."""
-    keys = [key for key in PEAK_FLOPS_16BIT if key in name]
-    if not keys:
-        return None
-    flops = PEAK_FLOPS_16BIT[max(keys, key=len)]
+    """(The data sheet's peak, the table's row) for a GPU that torch names `name` ('NVIDIA GH200 480GB'), or
+    (None, None). The longest row found in the name wins, so a GH200 is not taken for the H200 inside its
+    name, nor an H100 NVL for an H100."""
+    rows = [row for row in PEAK_FLOPS_16BIT if row in name]
+    if not rows:
+        return None, None
+    row = max(rows, key=len)
     # float32 matmuls run as TF32 on the tensor cores at half the 16-bit rate
-    return flops if dtype in ('bfloat16', 'float16') else flops / 2
+    return PEAK_FLOPS_16BIT[row] / (1 if dtype in ('bfloat16', 'float16') else 2), row
 
 
 def measured_cpu_peak(dtype):

@@ -1,10 +1,14 @@
 """bench.py as a user runs it on a CPU: ms/iter, tokens/s and an MFU against the CPU's measured
-matmul peak (measured once, then read from the cache), the architecture options, and a profile."""
+matmul peak (measured once, then read from the cache), the architecture options, and a profile;
+and the GPU data-sheet table MFU reads on GPUs."""
 
 import json
 import re
 
+import pytest
 from conftest import run_script
+
+from nanogpt.device import PEAK_FLOPS_16BIT, gpu_peak_flops
 
 TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_embd=32', '--block_size=16',
         '--batch_size=2', '--warmup_iters=1', '--bench_iters=2']
@@ -28,3 +32,13 @@ def test_bench_takes_a_peak_override_the_architecture_options_and_writes_a_profi
     out = run_script('bench.py', *TINY, '--peak_flops=1e6', '--pos_enc=rope', '--mlp=swiglu', '--profile=True',
                      cwd=tmp_path).stdout
     assert 'peak_flops from the config' in out and (tmp_path / 'bench_trace.json').stat().st_size > 1000
+
+
+@pytest.mark.parametrize('name, row', [('NVIDIA GH200 480GB', 'GH200'), ('NVIDIA H200', 'H200'),
+                                       ('NVIDIA H100 NVL', 'H100 NVL'), ('NVIDIA H100 80GB HBM3', 'H100'),
+                                       ('NVIDIA A100-SXM4-80GB', 'A100'), ('NVIDIA A10', 'A10'), ('NVIDIA L40S', 'L40S')])
+def test_a_gpu_is_matched_to_its_own_row_of_the_peak_flops_table(name, row):
+    flops, matched = gpu_peak_flops(name, 'bfloat16')
+    assert matched == row and flops == PEAK_FLOPS_16BIT[row]
+    assert gpu_peak_flops(name, 'float32') == (PEAK_FLOPS_16BIT[row] / 2, row)  # TF32 at half the rate
+    assert gpu_peak_flops('Some Future GPU', 'bfloat16') == (None, None)

@@ -159,8 +159,7 @@ def test_hellaswag_agrees_with_transformers_scoring_the_hf_export(bpe_run):
 def test_hellaswag_does_not_depend_on_batching(bpe_run):
     from contextlib import nullcontext
 
-    import evaluation
-
+    from nanogpt import evaluation
     from nanogpt.tokenizer import Codec
     model = GPT(GPTConfig(**checkpoint.load(bpe_run / 'out' / 'ckpt.pt')['model_args']))
     model.load_state_dict(checkpoint.load(bpe_run / 'out' / 'ckpt.pt')['model'])
@@ -367,7 +366,7 @@ def test_hellaswag_file_is_downloaded_once_into_the_cache(tmp_path, monkeypatch)
     import http.server
     import threading
 
-    import evaluation
+    from nanogpt import evaluation
     served = tmp_path / 'served'
     served.mkdir()
     write_hellaswag(served / 'hellaswag_val.jsonl', c4_sentences(), 5)

@@ -116,3 +116,14 @@ def test_an_evaluation_only_run_leaves_the_training_log_alone(run_with_snapshots
                      '--eval_full_val=True', cwd=run_with_snapshots.parent).stdout
     assert 'val loss on the whole val set' in out
     assert {name: (run_with_snapshots / name).read_bytes() for name in before} == before
+
+
+def test_sweep_resumes_a_sharded_run_instead_of_restarting_it(tmp_path):
+    """A parallelism='fsdp' run's checkpoint is the directory ckpt/: a restarted sweep resumes from it."""
+    import sweep
+    run_dir = tmp_path / 'run'
+    assert sweep.status(run_dir) == 'new'
+    (run_dir / 'ckpt').mkdir(parents=True)
+    for name in ('state.pt', '.metadata'):
+        (run_dir / 'ckpt' / name).touch()
+    assert sweep.status(run_dir) == 'resume'

@@ -9,9 +9,9 @@ import pytest
 import torch
 from conftest import REPO, TINY_MODEL, run_script
 
-import checkpoint
 from model import GPT, GPTConfig
 from muon import Muon, orthogonalize
+from nanogpt import checkpoint
 
 
 @pytest.mark.parametrize('shape', [(16, 16), (24, 64), (96, 32)])

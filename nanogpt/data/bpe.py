@@ -21,14 +21,14 @@ from nanogpt.data.workers import Speed, Workers, choose_workers
 from nanogpt.errors import UserError
 from nanogpt.tokenizer import get_encoding
 
-# Measured with bench/prepare_bpe.py (GPT-2, C4 web text; README "Choosing the workers"), for --num_workers auto
+# Measured with bench/prepare_bpe.py (GPT-2, C4 web text; docs/data.md, "Choosing the workers"), for --num_workers auto
 SPEED = Speed(mb_per_s=12.7, ray_efficiency=0.7, gil_share=0.2)
 BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
 
 
 def encode_ordinary(enc, text):
     """enc.encode_ordinary(text) as a uint32 array. The tokens never become Python ints, and the encoder
-    runs without the GIL, so threads of one process scale too (README, "Choosing the workers")."""
+    runs without the GIL, so threads of one process scale too (docs/data.md, "Choosing the workers")."""
     try:
         return enc.encode_to_numpy(text, disallowed_special=())
     except UnicodeEncodeError:  # lone surrogates (possible in JSON): replaced, as encode_ordinary does

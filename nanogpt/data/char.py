@@ -32,7 +32,7 @@ from nanogpt.data.sources import SEPARATOR, chunk_documents, chunk_progress, is_
 from nanogpt.data.workers import Speed, Workers, choose_workers
 from nanogpt.errors import UserError
 
-# Measured with bench/prepare_char.py (TinyStories; README "Choosing the workers"), for --num_workers auto.
+# Measured with bench/prepare_char.py (TinyStories; docs/data.md, "Choosing the workers"), for --num_workers auto.
 # No threads: bytes.translate and the splits hold the GIL.
 SPEED = Speed(mb_per_s=165.0, ray_efficiency=0.6)
 SEP = SEPARATOR.encode()

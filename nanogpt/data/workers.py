@@ -17,7 +17,7 @@ MiB = 1 << 20
 
 
 # Import Ray, start a local Ray with its workers, shut it down: what a run on Ray pays before and after
-# its first chunk, measured with bench/prepare_char.py on the machine in the README ("Choosing the
+# its first chunk, measured with bench/prepare_char.py on the machine in docs/data.md ("Choosing the
 # workers"). A running cluster (--ray_address) pays none of it.
 RAY_FIXED_S = 6.7
 
