@@ -1,2 +1,13 @@
-"""Data preparation: the shared pipeline (pipeline.py), the char and GPT-2 BPE tokenizers (char.py, bpe.py),
-and one thin prepare.py per dataset in data/<name>/."""
+"""
+Data preparation, shared by the thin data/<name>/prepare.py scripts:
+
+    cli       the options every prepare script takes, parsed with one-line errors
+    sources   where the text comes from (files, Hugging Face datasets) and the Corpus of document chunks
+    workers   who encodes the chunks: this process, its threads, or Ray (locally or on a cluster), and the choice
+    output    the seeded train/val split and train.bin / val.bin / meta.json, moved into place when complete
+    char      character-level encoding
+    bpe       GPT-2 BPE (any tiktoken encoding)
+
+A chunk is a whole number of documents, so a task never needs its neighbours; results come back in
+order, so the output does not depend on the worker count.
+"""

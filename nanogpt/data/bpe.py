@@ -1,6 +1,6 @@
 """GPT-2 BPE (any tiktoken encoding) tokenization of corpora of any size, in one streamed pass.
 
-The engine is the char pipeline's (data/pipeline.py): the corpus is cut into chunks of about
+The engine is the char pipeline's (nanogpt/data/: sources, workers, output): the corpus is cut into chunks of about
 --chunk_size bytes of whole documents, each chunk is one Ray task, at most two tasks per worker are
 in flight, and the results come back in order. A task runs tiktoken's encode_ordinary on each
 document (special tokens in the text are treated as plain text), appends <|endoftext|> (50256 for
@@ -52,7 +52,7 @@ def encode_chunk(chunk, encoding, dtype, split):
 def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, num_workers=1, chunk_size=1 << 20,
             ray_address=None, max_tokens=None, splits=None):
     """Write out_dir/train.bin, val.bin and meta.json for a Corpus. num_workers: a number or 'auto'
-    (pipeline.choose_workers). splits, if given, names the split of each chunk ('train' / 'val') instead
+    (workers.choose_workers). splits, if given, names the split of each chunk ('train' / 'val') instead
     of the seeded split by documents (tiny shakespeare's 90/10)."""
     enc = get_encoding(encoding)  # fail here, in one line, before any work starts
     dtype = dtype_for(enc.n_vocab)
@@ -117,7 +117,7 @@ def write(f, ids):
 
 
 def add_args(p):
-    """The BPE scripts' options on top of pipeline.add_common_args."""
+    """The BPE scripts' options on top of cli.add_common_args."""
     p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
     p.add_argument('--max_tokens', type=lambda x: int(float(x)), default=None,
                    help='stop after this many tokens (train + val), at a document boundary')

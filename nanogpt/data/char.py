@@ -207,7 +207,7 @@ def _write(path, offset, arr):
 
 def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk_size=8 << 20, ray_address=None):
     """Write out_dir/train.bin, val.bin and meta.json for a Corpus. num_workers: a number or 'auto'
-    (pipeline.choose_workers). Returns meta."""
+    (workers.choose_workers). Returns meta."""
     sep = SEPARATOR if stories else None
     plan = choose_workers(num_workers, corpus.text_bytes(), SPEED, ray_address)
     with Output(out_dir) as out, Workers(plan) as workers:  # a bad --out_dir fails before Ray starts
