@@ -274,6 +274,8 @@ def main(argv):
                 run_lock = runlock.acquire(cfg.out_dir, log=print0)
     run_info = provenance(device)
     print0(f"code {run_info['code_version']}, launched as {launch.launcher} with {launch.world_size} rank(s) on {device}")
+    hosts = ' '.join(distributed.all_gather(os.uname().nodename, launch))  # a collective: on every rank
+    print0(f"hosts by rank: {hosts}" + (f"; rendezvous at {launch.master_addr}:{launch.master_port}" * launch.ddp))
     print0(f"config {json.dumps(vars(cfg))}")
     print0(f"tokens per iteration will be: {tokens_per_iter:,}")
     autocast = autocast_context(device_type, cfg.dtype)
