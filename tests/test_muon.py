@@ -1,17 +1,21 @@
 """Muon: the orthogonalisation against an SVD, one optimizer step against a step written out here,
-the parameter groups, and exact resume of a Muon run after SIGKILL."""
+the parameter groups, a float16 run that learns under the GradScaler with each group's learning rate
+on the schedule, and exact resume of a Muon run after SIGKILL."""
 
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 import torch
 from conftest import REPO, TINY_MODEL, run_script
 
+import train
 from model import GPT, GPTConfig
 from muon import Muon, orthogonalize
 from nanogpt import checkpoint
+from nanogpt.runlog import read_log
 
 
 @pytest.mark.parametrize('shape', [(16, 16), (24, 64), (96, 32)])
@@ -80,6 +84,38 @@ def test_muon_takes_the_blocks_matrices_and_adamw_the_rest():
 MUON = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eval_iters=4', '--log_interval=1',
         '--learning_rate=3e-3', '--warmup_iters=5', '--lr_decay_iters=40', '--gradient_accumulation_steps=2',
         '--max_iters=30', '--optimizer=muon', '--dropout=0.1']
+
+
+@pytest.fixture(scope='module')
+def float16_muon_run(shakespeare_workdir, tmp_path_factory):
+    """The Muon run of MUON in float16, whose gradients the GradScaler scales (also on a CPU): its out_dir."""
+    out = tmp_path_factory.mktemp('muon') / 'float16'
+    run_script('train.py', *MUON, '--dtype=float16', f'--out_dir={out}', cwd=shakespeare_workdir)
+    return out
+
+
+def test_the_schedule_gives_muons_matrices_muon_lr_and_the_rest_learning_rate(float16_muon_run):
+    ckpt = checkpoint.load(float16_muon_run / 'ckpt.pt')
+    assert ckpt['iter_num'] == 30
+    # the rate of the last iteration, set before its checkpoint was written: decayed, not the peak
+    scheduled = train.get_lr(30, SimpleNamespace(**ckpt['config']))
+    assert scheduled < 3e-3
+    groups = ckpt['optimizer']['param_groups']
+    muon_groups = [g for g in groups if g.get('muon')]
+    assert len(muon_groups) == 1 and muon_groups[0]['lr'] == pytest.approx(scheduled * 0.02 / 3e-3, rel=1e-12)
+    assert len(groups) == 3 and all(g['lr'] == pytest.approx(scheduled, rel=1e-12) for g in groups if not g.get('muon'))
+
+
+def test_a_float16_muon_run_learns_under_the_grad_scaler(float16_muon_run):
+    ckpt = checkpoint.load(float16_muon_run / 'ckpt.pt')
+    assert ckpt['config']['dtype'] == 'float16'
+    # the scaler was on, and no step overflowed often enough to drive its scale down to nothing
+    assert ckpt['scaler']['scale'] >= 2.0 ** 10
+    val = {e['iter']: e['val_loss'] for e in read_log(float16_muon_run / 'log.jsonl') if 'val_loss' in e}
+    assert list(val) == [0, 10, 20, 30]
+    assert val[0] > 4.0 and val[10] < val[0] and val[30] < val[0] - 0.7, val  # from chance (ln 65) towards the text's statistics
+    momenta = [s['momentum_buffer'] for s in ckpt['optimizer']['state'].values() if 'momentum_buffer' in s]
+    assert len(momenta) == 8 and all(torch.isfinite(m).all() and m.abs().sum() > 0 for m in momenta)
 
 
 @pytest.mark.slow
