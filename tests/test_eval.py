@@ -327,7 +327,7 @@ def test_hellaswag_is_split_across_ranks_and_summed(char_run):
 
 @pytest.mark.slow
 def test_lm_eval_runs_offline_on_the_hf_export_with_a_local_task(bpe_run, tmp_path):
-    pytest.importorskip('lm_eval')
+    import lm_eval  # noqa: F401  (requirements-dev.txt installs it: a broken install fails here, not skips)
     tasks = tmp_path / 'tasks'
     tasks.mkdir()
     # a local copy of the harness's HellaSwag task: the same file, the ending after the context and a space
@@ -347,8 +347,8 @@ metric_list:
     aggregation: mean
     higher_is_better: true
 """)
-    lm_eval = Path(sys.executable).parent / 'lm_eval'
-    proc = subprocess.run([str(lm_eval), '--model', 'hf', '--model_args', f'pretrained={bpe_run / "hf"}',
+    harness = Path(sys.executable).parent / 'lm_eval'
+    proc = subprocess.run([str(harness), '--model', 'hf', '--model_args', f'pretrained={bpe_run / "hf"}',
                            '--tasks', 'local_hellaswag', '--include_path', str(tasks), '--device', 'cpu',
                            '--batch_size', '8', '--output_path', str(tmp_path / 'results')],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600,
