@@ -1,11 +1,17 @@
-"""How the prepare scripts choose their workers (--num_workers auto | N; data/pipeline.choose_workers)."""
+"""How the prepare scripts choose their workers (--num_workers auto | N; nanogpt.data.workers.choose_workers),
+and that they run on the workers they chose."""
+import re
+
 import pytest
 from conftest import SHARED_DATA, load_prepared, run_prepare
 
 from nanogpt.data import bpe, char
+from nanogpt.data.sources import Corpus
 from nanogpt.data.workers import RAY_FIXED_S, Speed, choose_workers
 
 SPEED = Speed(mb_per_s=200.0, ray_efficiency=0.8)
+# how the 'workers:' line names each kind of worker
+WHERE = {'process': 'in this process', 'threads': 'threads in this process', 'ray': 'Ray workers'}
 
 
 def predicted_seconds(plan, n_bytes, speed):
@@ -48,17 +54,56 @@ def test_explicit_workers_and_ray_address_are_obeyed():
     assert plan.kind == 'ray' and plan.workers is None and plan.address == '10.0.0.1:6379'  # all the cluster's CPUs
 
 
+# the pipelines' own measured speeds: where Ray's start-up pays off, and BPE's threads (tiktoken releases the GIL)
+REAL_CHOICES = [
+    (char.SPEED, 2e6, 2, ('process', 1)),
+    (char.SPEED, 6e9, 2, ('process', 1)),  # Ray pays off above 6.6 GB on 2 CPUs...
+    (char.SPEED, 7e9, 2, ('ray', 2)),
+    (char.SPEED, 1e9, 64, ('process', 1)),  # ...and above 1.1 GB on 64
+    (char.SPEED, 1.2e9, 64, ('ray', 64)),
+    (char.SPEED, 1e12, 1, ('process', 1)),  # one CPU: Ray would run at 0.6x
+    (bpe.SPEED, 1e6, 2, ('threads', 2)),
+    (bpe.SPEED, 1e12, 2, ('threads', 2)),  # 2 threads (1.67x) beat 2 Ray workers (1.4x) at any size
+    (bpe.SPEED, 1e12, 1, ('process', 1)),
+    (bpe.SPEED, 6.5e8, 8, ('threads', 8)),  # Ray pays off above 701 MB on 8 CPUs
+    (bpe.SPEED, 7.5e8, 8, ('ray', 8)),
+    (bpe.SPEED, None, 8, ('ray', 8)),  # unknown size (streaming): the fastest rate
+]
+
+
+@pytest.mark.parametrize('speed, n_bytes, cpus, expected', REAL_CHOICES,
+                         ids=[f"{'char' if s is char.SPEED else 'bpe'}-{b}-{c}cpus" for s, b, c, _ in REAL_CHOICES])
+def test_auto_chooses_the_kind_and_number_of_workers(speed, n_bytes, cpus, expected):
+    assert choose_workers('auto', n_bytes, speed, cpus=cpus)[:2] == expected
+
+
+def workers_line(stdout):
+    lines = [line for line in stdout.splitlines() if line.startswith('workers:')]
+    assert len(lines) == 1, stdout
+    return lines[0]
+
+
+def ray_tasks(stdout):
+    """The tasks that came back from Ray workers, by its closing line 'ray: N tasks on M node(s) (...)'; None without one."""
+    found = re.findall(r'^ray: (\d+) tasks on (\d+) nodes? \(', stdout, re.M)
+    assert len(found) <= 1, stdout
+    return tuple(map(int, found[0])) if found else None
+
+
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
 def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path):
     corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
     r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'auto')
     assert r.returncode == 0, r.stderr
-    chosen = [line for line in r.stdout.splitlines() if line.startswith('workers:')]
-    assert len(chosen) == 1 and chosen[0].startswith('workers: 1 in this process (2 MB; '), r.stdout
-    assert "start-up pays off above" in chosen[0] and 'ray:' not in r.stdout  # Ray not started
+    plan = choose_workers('auto', Corpus([str(corpus)]).text_bytes(), char.SPEED)  # this machine's CPUs, as the script
+    assert plan[:2] == ('process', 1)  # 2 MB: Ray's start-up would cost more than it saves on any machine
+    assert workers_line(r.stdout) == f"workers: 1 in this process ({plan.reason})"
+    assert plan.reason.startswith('2 MB; ') and ray_tasks(r.stdout) is None  # Ray not started
     r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'two', '--num_workers', '2')
     assert r.returncode == 0, r.stderr
-    assert 'workers: 2 Ray workers (--num_workers 2)' in r.stdout and 'tasks on 1 node' in r.stdout, r.stdout
+    assert workers_line(r.stdout) == 'workers: 2 Ray workers (--num_workers 2)'
+    tasks, nodes = ray_tasks(r.stdout)  # the work came back from Ray's tasks
+    assert tasks >= 2 and nodes == 1, r.stdout
     assert [(tmp_path / 'auto' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \
         [(tmp_path / 'two' / f).read_bytes() for f in ('train.bin', 'val.bin')]
     for bad in ('0', 'many'):
@@ -71,10 +116,15 @@ def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path):
 def test_bpe_default_matches_one_worker(tmp_path):
     env = {'TIKTOKEN_CACHE_DIR': str(SHARED_DATA / 'tiktoken_cache')}
     corpus = SHARED_DATA / 'c4_sample_1000docs.jsonl.gz'
+    # what auto picks on this machine for this corpus (threads wherever there are 2 CPUs or more)
+    plan = choose_workers('auto', Corpus([str(corpus)]).text_bytes(), bpe.SPEED)
+    expected = {'auto': f"workers: {plan.workers} {WHERE[plan.kind]} ({plan.reason})",
+                'one': 'workers: 1 in this process (--num_workers 1)'}
     for name, extra in (('auto', ['--chunk_size', '100K']), ('one', ['--num_workers', '1'])):
         r = run_prepare('openwebtext', '--input', corpus, '--out_dir', tmp_path / name, *extra, env=env)
         assert r.returncode == 0, r.stderr
-        assert sum(line.startswith('workers:') for line in r.stdout.splitlines()) == 1, r.stdout
+        assert workers_line(r.stdout) == expected[name]
+        assert (ray_tasks(r.stdout) is not None) == (name == 'auto' and plan.kind == 'ray'), r.stdout
     assert load_prepared(tmp_path / 'auto')[0] == load_prepared(tmp_path / 'one')[0]
     assert [(tmp_path / 'auto' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \
         [(tmp_path / 'one' / f).read_bytes() for f in ('train.bin', 'val.bin')]
