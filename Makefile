@@ -1,11 +1,12 @@
 # make demo   install, then prepare -> train -> sample on tiny shakespeare (GPU if there is one)
-# make test   install, then run the test suite
+# make test   install, then run the whole test suite (what CI runs)
+# make quick  install, then the tests not marked slow: the inner loop while changing the code
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INPUT ?=
 
-.PHONY: install demo test
+.PHONY: install demo test quick
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,3 +26,6 @@ demo: install
 
 test: install
 	$(BIN)/python -m pytest -q
+
+quick: install
+	$(BIN)/python -m pytest -q -m "not slow"

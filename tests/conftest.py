@@ -1,5 +1,6 @@
 """Shared test helpers: the repository's paths, running scripts as a user does, small datasets."""
 
+import importlib.util
 import json
 import os
 import secrets
@@ -13,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from nanogpt import errors, runlock
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / 'shared' / 'data'
@@ -37,6 +40,49 @@ def run_script(script, *args, cwd, check=True, env=None, timeout=600):
     if check:
         assert proc.returncode == 0, f"{script} {' '.join(map(str, args))} failed:\n{proc.stdout}\n{proc.stderr}"
     return proc
+
+
+_MAINS = {}
+
+
+def script_main(script):
+    """A script's main(argv), imported from its file once (checkpoint.py the script, not nanogpt.checkpoint)."""
+    if script not in _MAINS:
+        spec = importlib.util.spec_from_file_location(f"script_{script.replace('/', '_')[:-3]}", REPO / script)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _MAINS[script] = module.main
+    return _MAINS[script]
+
+
+@pytest.fixture
+def run_main(monkeypatch, capsys):
+    """run_main(script, *args, cwd) runs a script's main in this process, as its `__main__` does
+    (nanogpt.errors.run), and returns (exit code, stdout, stderr): no new interpreter and no torch
+    import, so a matrix of bad inputs costs seconds. A subprocess test per script shows that this is
+    what a user sees."""
+    locks, acquire = [], runlock.acquire
+
+    def acquire_and_keep(*args, **kwargs):
+        locks.append(acquire(*args, **kwargs))
+        return locks[-1]
+
+    def run(script, *args, cwd):
+        monkeypatch.chdir(cwd)
+        monkeypatch.setattr(signal, 'signal', lambda *a: None)  # train.py's stop flag: pytest keeps its handlers
+        monkeypatch.setattr(runlock, 'acquire', acquire_and_keep)
+        capsys.readouterr()
+        try:
+            errors.run(script_main(script), [str(a) for a in args])
+            code = 0
+        except SystemExit as e:
+            code = e.code
+        finally:
+            for lock in locks:  # as the process's exit would
+                lock.release()
+        captured = capsys.readouterr()
+        return code, captured.out, captured.err
+    return run
 
 
 def run_prepare(name, *args, env=None):

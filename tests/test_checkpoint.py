@@ -3,21 +3,19 @@ checkpoint.load and from every script that loads: train.py, sample.py, eval.py, 
 export (both formats)."""
 
 import argparse
-import importlib.util
 import pickle
 import random
 import re
-import signal
 import struct
 import zipfile
 
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, run_script, write_char_dataset
+from conftest import TINY_MODEL, run_script, write_char_dataset
 
 from model import GPT, GPTConfig
 from nanogpt import checkpoint, checkpoint_file
-from nanogpt.errors import UserError, run
+from nanogpt.errors import UserError
 from nanogpt.loading import build_model, source_of
 
 ARGS = dict(n_layer=1, n_head=2, n_embd=16, block_size=8, bias=False, vocab_size=20)
@@ -146,27 +144,14 @@ CASES = [(entry, kind) for entry in ENTRY_POINTS for kind in KINDS] + \
         [('export-hf', kind) for kind in MODEL_KINDS if kind != 'mismatched weights']  # it reads model_args only
 
 
-def script_main(script):
-    """A script's main(argv), imported from its file (checkpoint.py the script, not nanogpt.checkpoint)."""
-    spec = importlib.util.spec_from_file_location(f'script_{script[:-3]}', REPO / script)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.main
-
-
 @pytest.mark.parametrize('entry, kind', CASES, ids=[f'{e}-{k}' for e, k in CASES])
-def test_every_script_reports_an_unreadable_checkpoint_in_one_line(tmp_path, monkeypatch, capsys, entry, kind):
-    """Each script's main, run as its `__main__` runs it (nanogpt.errors.run), in this process: the
-    subprocess test below shows that this is what a user sees."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setattr(signal, 'signal', lambda *args: None)  # train.py's stop flag: leave pytest's handlers be
+def test_every_script_reports_an_unreadable_checkpoint_in_one_line(tmp_path, run_main, entry, kind):
+    """In this process (see run_main); test_a_user_sees_one_line_from_every_script runs each script as a user does."""
     write_char_dataset(tmp_path / 'data' / 'tiny', 'abcdefghij klmnopqrs\n' * 50)  # 20 symbols: ARGS' vocab_size
     write_kind(kind, tmp_path / 'given.pt')
-    script, *args = ENTRY_POINTS[entry]('given.pt')
-    with pytest.raises(SystemExit) as exited:
-        run(script_main(script), args)
-    assert exited.value.code == 1
-    lines = capsys.readouterr().err.strip().splitlines()
+    code, _, err = run_main(*ENTRY_POINTS[entry]('given.pt'), cwd=tmp_path)
+    assert code == 1
+    lines = err.strip().splitlines()
     assert len(lines) == 1, lines
     assert re.match('error: ' + expected(kind, 'given.pt', builds_model=entry in BUILDS_MODEL), lines[0]), lines[0]
     assert not (tmp_path / 'exported.pt').exists() and not (tmp_path / 'exported').exists()

@@ -305,16 +305,28 @@ BAD_INPUTS = [
 
 @pytest.mark.parametrize('script, args, change, message', BAD_INPUTS,
                          ids=[f"{s}-{c or ' '.join(a)}" for s, a, c, _ in BAD_INPUTS])
-def test_bad_input_gets_a_one_line_error_and_changes_nothing(workdir, script, args, change, message):
+def test_bad_input_gets_a_one_line_error_and_changes_nothing(workdir, run_main, script, args, change, message):
+    """In this process (see run_main); the subprocess test below shows what a user sees."""
     corrupt(workdir, change)
     before = files_in(workdir)
     common = [*TRAIN, '--max_iters=30', '--out_dir=out'] if script == 'train.py' else ['--out_dir=out', '--device=cpu']
-    proc = run_script(script, *common, *args, cwd=workdir, check=False)
-    assert proc.returncode != 0, proc.stdout
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
+    code, out, err = run_main(script, *common, *args, cwd=workdir)
+    assert code != 0, out
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
     assert re.search(message, lines[0]), lines[0]
     assert files_in(workdir) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('script, args, change, message', [BAD_INPUTS[0], BAD_INPUTS[-1]], ids=['train.py', 'sample.py'])
+def test_a_user_sees_bad_input_as_one_line_on_stderr(workdir, script, args, change, message):
+    corrupt(workdir, change)
+    common = [*TRAIN, '--max_iters=30', '--out_dir=out'] if script == 'train.py' else ['--out_dir=out', '--device=cpu']
+    proc = run_script(script, *common, *args, cwd=workdir, check=False)
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr, proc.stdout
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and re.search(message, lines[0]), proc.stderr
 
 
 def test_a_missing_cpu_compiler_is_one_line_before_anything_runs(trained, tmp_path):
