@@ -1,6 +1,8 @@
-"""Experiments as a user runs them: the run log and its config, plot.py, sweep.py (with a failing
-run, a kill and a restart), sampling across snapshots, and TensorBoard logging."""
+"""Experiments as a user runs them: the run log and its config, plot.py (the curves it draws), sweep.py
+(with a failing run, a kill and a restart; a grid over a base config, runs in parallel), sampling
+across snapshots, and TensorBoard logging."""
 
+import ast
 import json
 import os
 import signal
@@ -47,9 +49,28 @@ def test_tensorboard_gets_the_same_numbers(run_with_snapshots):
     assert [s.step for s in events.Scalars('loss')] == [4, 9, 14, 19]
 
 
-def test_plot_writes_a_png_and_refuses_a_missing_log(run_with_snapshots, tmp_path):
+def test_plot_draws_each_logged_loss_and_refuses_a_missing_log(run_with_snapshots, tmp_path, monkeypatch):
+    import matplotlib.figure
+    import matplotlib.image
+
+    from nanogpt.runlog import plot_runs
     run_script('plot.py', run_with_snapshots, '--output', tmp_path / 'loss.png', cwd=tmp_path)
     assert (tmp_path / 'loss.png').read_bytes()[:8] == PNG_SIGNATURE
+    image = matplotlib.image.imread(tmp_path / 'loss.png')
+    assert image.shape[:2] == (550, 1430) and image[..., :3].std() > 0.05  # 13 x 5 inches at 110 dpi, not blank
+    # the figure that plot.py saves: each curve holds the log's numbers, against iterations and wall time
+    figures, save = [], matplotlib.figure.Figure.savefig
+    monkeypatch.setattr(matplotlib.figure.Figure, 'savefig',
+                        lambda fig, *args, **kwargs: [figures.append(fig), save(fig, *args, **kwargs)])
+    plot_runs([run_with_snapshots], tmp_path / 'again.png')
+    entries = read_log(run_with_snapshots / 'log.jsonl')
+    train = [(e['iter'], e['wall_s'], e['loss']) for e in entries if 'loss' in e]
+    val = [(e['iter'], e['wall_s'], e['val_loss']) for e in entries if 'val_loss' in e]
+    by_iteration, by_time = figures[0].axes
+    for ax, x in ((by_iteration, 0), (by_time, 1)):
+        lines = [(list(line.get_xdata()), list(line.get_ydata())) for line in ax.get_lines()]
+        assert lines == [([p[x] for p in train], [p[2] for p in train]), ([p[x] for p in val], [p[2] for p in val])]
+    assert [t.get_text() for t in by_iteration.get_legend().get_texts()] == [f"out-exp (val {val[-1][2]:.3f})"]
     proc = run_script('plot.py', tmp_path / 'nothing', cwd=tmp_path, check=False)
     assert proc.returncode == 1 and proc.stderr.strip().splitlines() == [
         f"error: no log at {tmp_path / 'nothing' / 'log.jsonl'}: is {tmp_path / 'nothing'} the out_dir of a train.py run?"]
@@ -108,6 +129,43 @@ def test_sweep_reports_every_run_and_a_restart_skips_the_finished_ones(shakespea
     assert [e['iter'] for e in wider if 'loss' in e] == list(range(4, 60, 5))  # resumed: none missing or twice
     assert (out / 'loss.png').read_bytes()[:8] == PNG_SIGNATURE
     assert restarted.stderr.strip().splitlines() == ["error: 1 of 3 runs failed: broken (see the table)"]
+
+
+def as_python(value):
+    """A --key=value override's value as train.py's configurator reads it: a Python literal, or else a string."""
+    try:
+        return ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return value
+
+
+@pytest.mark.slow
+def test_sweep_runs_a_grid_over_a_base_config_two_at_a_time_and_tables_the_whole_val_loss(shakespeare_workdir,
+                                                                                          tmp_path):
+    base = tmp_path / 'tiny.py'  # the base: a config file, as train.py takes one, with TRAIN's settings
+    base.write_text(''.join(f"{key} = {as_python(value)!r}\n" for key, value in (a[2:].split('=', 1) for a in TRAIN)))
+    out = tmp_path / 'grid'
+    proc = run_script('sweep.py', '--base', base, '--grid', 'learning_rate=[1e-3,3e-3]', '--parallel', '2',
+                      f'--out_dir={out}', '--max_iters=10', cwd=shakespeare_workdir)
+    names = ['learning_rate=0.001', 'learning_rate=0.003']
+    for name, lr in zip(names, (1e-3, 3e-3)):
+        config = json.loads((out / name / 'config.json').read_text())['config']
+        assert (config['learning_rate'], config['n_embd'], config['max_iters']) == (lr, 32, 10)  # grid, base, override
+    # two at a time: the second run started before the first ended
+    events = [line.split(':')[0] for line in proc.stdout.splitlines() if line.startswith(('starting', *names))]
+    assert events[:2] == [f'starting {name}' for name in names] and sorted(events[2:]) == names, proc.stdout
+    table = (out / 'results.md').read_text()
+    assert table.splitlines()[0].split('|')[7].strip() == 'val loss (whole val set)'
+    cells = [[c.strip() for c in line.split('|')[1:-1]] for line in table.splitlines()[2:]]
+    rows = {row[0]: row[1:] for row in cells}
+    assert list(rows) == names
+    for name in names:
+        entries = read_log(out / name / 'log.jsonl')
+        evals = [e for e in entries if 'val_loss' in e]
+        full = [e['val_loss_full'] for e in entries if 'val_loss_full' in e]
+        assert len(full) == 1 and rows[name][5] == f"{full[0]:.4f}" and rows[name][4] == f"{evals[-1]['val_loss']:.4f}"
+        assert rows[name][6] == 'done'
+    assert rows[names[0]][5] != rows[names[1]][5]  # two learning rates, two models
 
 
 def test_an_evaluation_only_run_leaves_the_training_log_alone(run_with_snapshots):
