@@ -14,6 +14,7 @@ TINY = ['--device=cpu', '--compile=False', '--n_layer=1', '--n_head=2', '--n_emb
         '--batch_size=2', '--warmup_iters=1', '--bench_iters=2']
 
 
+@pytest.mark.slow
 def test_bench_reports_mfu_on_a_cpu_against_a_measured_and_cached_peak(tmp_path):
     env = {'XDG_CACHE_HOME': str(tmp_path / 'cache')}
     first = run_script('bench.py', *TINY, cwd=tmp_path, env=env).stdout
@@ -28,6 +29,7 @@ def test_bench_reports_mfu_on_a_cpu_against_a_measured_and_cached_peak(tmp_path)
     assert float(re.search(r'MFU ([\d.]+)%', second)[1]) > 1e6
 
 
+@pytest.mark.slow
 def test_bench_takes_a_peak_override_the_architecture_options_and_writes_a_profile(tmp_path):
     out = run_script('bench.py', *TINY, '--peak_flops=1e6', '--pos_enc=rope', '--mlp=swiglu', '--profile=True',
                      cwd=tmp_path).stdout

@@ -54,6 +54,7 @@ def test_broken_config_file_is_reported_in_one_line(tmp_path):
         configure(DEFAULTS, [str(config_file)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script', ['train.py', 'sample.py'])
 def test_scripts_exit_2_with_one_line_and_no_traceback(script, tmp_path):
     proc = run_script(script, '--batch_sise=4', '--num_sample=2', cwd=tmp_path, check=False)

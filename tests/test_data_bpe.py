@@ -94,6 +94,7 @@ def test_txt_documents_are_separated_by_endoftext(tmp_path):
     assert [d.strip('\n') for d in documents(train, enc)] == docs
 
 
+@pytest.mark.slow
 def test_identical_bytes_for_one_worker_two_ray_workers_and_threads(tmp_path, ray_2cpus):
     path = tmp_path / 'c4.jsonl'
     path.write_text(''.join(json.dumps({'text': d}) + '\n' for d in c4_docs(300)), encoding='utf-8')
@@ -156,6 +157,7 @@ def test_missing_tokenizer_files_give_a_one_line_error(tmp_path):
         assert not (tmp_path / name / 'train.bin').exists()
 
 
+@pytest.mark.slow
 def test_offline_without_input_gives_a_one_line_error(tmp_path):
     for name, extra in (('openwebtext', []), ('fineweb_edu', ['--streaming']), ('shakespeare', [])):
         r = run_prepare(name, '--out_dir', str(tmp_path / name), *extra, env=dict(OFFLINE, HF_HOME=str(tmp_path / 'hf')))

@@ -50,6 +50,7 @@ def test_decode_of_encode_is_the_input_for_any_unicode(tmp_path):
     assert meta['itos'] == sorted(set(text))
 
 
+@pytest.mark.slow
 def test_output_bytes_do_not_depend_on_workers_or_chunk_size(tmp_path, ray_2cpus):
     head = (SHARED_DATA / 'tinystories_train_head2MiB.txt').read_text()[:300_000] if SHARED_DATA.is_dir() else ''
     text = head + SEP.join(UNICODE_STORIES * 50)
@@ -123,6 +124,7 @@ def test_invalid_utf8_is_a_user_error_and_keeps_previous_bins(tmp_path):
     assert sorted(p.name for p in (tmp_path / 'o').iterdir()) == ['meta.json', 'train.bin', 'val.bin']  # no temp files
 
 
+@pytest.mark.slow
 def test_offline_without_input_is_a_one_line_error(tmp_path):
     offline = {'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1', 'HF_HOME': str(tmp_path / 'hf'),
                'https_proxy': 'http://127.0.0.1:9', 'HTTPS_PROXY': 'http://127.0.0.1:9'}

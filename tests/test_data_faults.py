@@ -58,6 +58,7 @@ def kill_own_worker_once(fn, marker):
     return call
 
 
+@pytest.mark.slow
 def test_killed_ray_worker_is_retried_and_the_bins_are_identical(tmp_path, ray_2cpus, monkeypatch):
     path = write_corpus(tmp_path / 'c.txt', stories(600))
     char.prepare(Corpus([str(path)]), tmp_path / 'local', stories=True, val_fraction=0.1, seed=3, num_workers=1)
@@ -76,6 +77,7 @@ def test_killed_ray_worker_is_retried_and_the_bins_are_identical(tmp_path, ray_2
     assert read_bins(tmp_path / 'ray1') == read_bins(tmp_path / 'local')
 
 
+@pytest.mark.slow
 @needs_tiktoken
 def test_killed_ray_worker_is_retried_for_bpe(tmp_path, ray_2cpus, monkeypatch):
     path = tmp_path / 'c.jsonl'

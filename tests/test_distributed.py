@@ -29,6 +29,8 @@ TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', '--eval_interval=10', '--eva
          '--learning_rate=3e-3', '--warmup_iters=5', f'--lr_decay_iters={ITERS}', '--gradient_accumulation_steps=2']
 LAUNCH_VARS = ('RANK', 'LOCAL_RANK', 'WORLD_SIZE', 'LOCAL_WORLD_SIZE', 'GROUP_RANK', 'MASTER_ADDR', 'MASTER_PORT')
 
+pytestmark = pytest.mark.slow  # every test here starts several processes
+
 
 def clean_env(**extra):
     """This environment without launcher variables (the tests may themselves run under SLURM)."""

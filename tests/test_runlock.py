@@ -30,6 +30,7 @@ def error_lines(proc):
     return [line for line in proc.stderr.splitlines() if line.strip()]
 
 
+@pytest.mark.slow
 def test_second_run_on_a_live_out_dir_is_refused_and_a_run_after_a_sigkill_starts(workdir):
     first = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *TRAIN, '--max_iters=1000000'], cwd=workdir,
                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -51,6 +52,7 @@ def test_second_run_on_a_live_out_dir_is_refused_and_a_run_after_a_sigkill_start
     assert (workdir / 'out' / '.lock').read_text() == ''  # a clean exit empties the record
 
 
+@pytest.mark.slow
 def test_eval_only_takes_no_lock(workdir):
     run_script('train.py', *TRAIN, '--max_iters=2', '--eval_interval=2', cwd=workdir)
     held = runlock.acquire(str(workdir / 'out'))  # as if a training run were going on

@@ -38,6 +38,7 @@ def sample(tmp_path, ckpt, *args, env=None):
                       cwd=tmp_path, env=env).stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('vocab', [CHAR_VOCAB, GPT2_VOCAB], ids=['char', 'gpt2'])
 def test_kv_cache_and_streaming_print_the_same_text(tmp_path, vocab, tiktoken_env):
     ckpt = write_model(tmp_path / 'model.pt', vocab)
@@ -74,8 +75,8 @@ def test_char_prompts_match_multi_character_symbols_whole():
     ('--top_p=1.5', "top_p must be in (0, 1]"),
     ('--max_new_tokens=0', "num_samples and max_new_tokens must be at least 1"),
 ])
-def test_sampling_options_out_of_range_are_refused(tmp_path, option, message):
+def test_sampling_options_out_of_range_are_refused(tmp_path, run_main, option, message):
     ckpt = write_model(tmp_path / 'model.pt', CHAR_VOCAB)
-    proc = run_script('sample.py', f'--init_from={ckpt}', option, cwd=tmp_path, check=False)
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+    code, _, err = run_main('sample.py', f'--init_from={ckpt}', option, cwd=tmp_path)
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err

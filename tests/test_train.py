@@ -56,6 +56,7 @@ def workdir(trained, tmp_path):
     return shutil.copytree(trained, tmp_path / 'work')
 
 
+@pytest.mark.slow
 def test_prepare_train_resume_sample_end_to_end(workdir):
     out = workdir / 'out'
     first = checkpoint.load(out / 'ckpt.pt')
@@ -72,6 +73,7 @@ def test_prepare_train_resume_sample_end_to_end(workdir):
     assert 'tokens/s' in sample.stderr
 
 
+@pytest.mark.slow
 def test_nanogpts_readme_commands_for_shakespeare_char_run_unchanged(workdir):
     # nanoGPT's CPU command line, verbatim, then shortened by overrides appended at the end
     nanogpt_cpu = ("config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20 --log_interval=1 "
@@ -121,6 +123,7 @@ def logged_numbers(entries):
     return [{k: v for k, v in e.items() if k not in ('wall_s', 'ms_per_iter', 'tokens_per_s', 'mfu')} for e in entries]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('kill_after', [12, 26, 33])
 def test_resume_after_sigkill_is_bitwise_identical(trained, uninterrupted, tmp_path, kill_after):
     args = EXACT
@@ -163,6 +166,7 @@ while True:
 """
 
 
+@pytest.mark.slow
 def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
     path = tmp_path / 'ckpt.pt'
     for delay in (0.05, 0.13, 0.21, 0.34, 0.55):
@@ -180,6 +184,7 @@ def test_sigkill_during_save_leaves_a_loadable_checkpoint(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ['ckpt.pt']
 
 
+@pytest.mark.slow
 def test_full_disk_during_save_keeps_the_previous_checkpoint(workdir):
     ckpt_path = workdir / 'out' / 'ckpt.pt'
     before = files_in(workdir)
@@ -202,6 +207,7 @@ def test_full_disk_during_save_keeps_the_previous_checkpoint(workdir):
     assert max(e['iter'] for e in read_log(ckpt_path.parent / 'log.jsonl')) == 30  # the evaluation before the failed save
 
 
+@pytest.mark.slow
 def test_snapshots_are_kept_and_rotated(trained, tmp_path):
     out = tmp_path / 'out'
     run_script('train.py', *TRAIN, '--max_iters=25', f'--out_dir={out}', '--ckpt_iters=[3]',
@@ -210,6 +216,7 @@ def test_snapshots_are_kept_and_rotated(trained, tmp_path):
     assert checkpoint.load(out / 'ckpt_0000015.pt')['iter_num'] == 15
 
 
+@pytest.mark.slow
 def test_weights_only_export_is_smaller_and_loads_for_sampling_and_finetuning(trained, tmp_path):
     src, dst = trained / 'out' / 'ckpt.pt', tmp_path / 'model.pt'
     run_script('checkpoint.py', 'export', src, dst, cwd=trained)
@@ -229,6 +236,7 @@ def test_weights_only_export_is_smaller_and_loads_for_sampling_and_finetuning(tr
     assert refused.returncode == 1 and 'no checkpoint at' in refused.stderr
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_without_saving(trained, tmp_path):
     ckpt = checkpoint.load(trained / 'out' / 'ckpt.pt')
     ckpt['model']['lm_head.weight'][0, 0] = float('nan')
@@ -329,6 +337,7 @@ def test_a_user_sees_bad_input_as_one_line_on_stderr(workdir, script, args, chan
     assert len(lines) == 1 and re.search(message, lines[0]), proc.stderr
 
 
+@pytest.mark.slow
 def test_a_missing_cpu_compiler_is_one_line_before_anything_runs(trained, tmp_path):
     env = {'CXX': str(tmp_path / 'no-such-c++')}
     for script, args in (('train.py', [*TRAIN, f'--out_dir={tmp_path / "out"}']),
@@ -398,7 +407,7 @@ def test_architecture_options_train_resume_export_and_sample(trained, tmp_path, 
     (['--attn_impl=mha', '--pos_enc=rope'], "attn_impl='mha' computes queries and keys inside nn.MultiheadAttention"),
     (['--init_from=gpt2', '--pos_enc=rope'], "OpenAI's GPT-2 weights need GPT-2's architecture, so pos_enc='rope'"),
 ])
-def test_impossible_architectures_stop_train_py_before_reading_any_data(tmp_path, options, message):
-    proc = run_script('train.py', *TRAIN, *options, cwd=tmp_path, check=False)  # tmp_path holds no data at all
-    lines = proc.stderr.strip().splitlines()
-    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], proc.stderr
+def test_impossible_architectures_stop_train_py_before_reading_any_data(tmp_path, run_main, options, message):
+    code, _, err = run_main('train.py', *TRAIN, *options, cwd=tmp_path)  # tmp_path holds no data at all
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
