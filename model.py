@@ -38,7 +38,8 @@ class GPTConfig:
     bias: bool = True  # bias in Linears and LayerNorms, like GPT-2; False is a bit better and faster
     # The architecture options: every field from here on, each defaulting to GPT-2. They are listed only
     # here: train.py and bench.py take each as a --key=value, and checkpoints record them.
-    attn_impl: Literal['sdpa', 'manual', 'mha'] = 'sdpa'  # fused kernels, softmax(QK^T/sqrt(d))V written out, nn.MultiheadAttention
+    # attn_impl: fused kernels, softmax(QK^T/sqrt(d))V written out, or nn.MultiheadAttention
+    attn_impl: Literal['sdpa', 'manual', 'mha'] = 'sdpa'
     pos_enc: Literal['learned', 'sinusoidal', 'rope', 'none'] = 'learned'  # rope: rotary, on queries and keys
     norm: Literal['layernorm', 'rmsnorm', 'none'] = 'layernorm'
     qk_norm: bool = False  # RMS-normalise each head's queries and keys before attention

@@ -210,9 +210,14 @@ def estimate_loss(model, data_dir, dtype, cfg, launch, device, autocast):
     return out
 
 
-def adopt_architecture(cfg, model, source, log):
+def adopt_architecture(cfg, model, source, ckpt, vocab, data_dir, log):
     """The model_args of a model built from source, which decides its architecture (a checkpoint's or GPT-2's
-    win over the config's, with a note); the config can only shrink the context. cfg records the model that runs."""
+    win over the config's, with a note); the config can only shrink the context, and the data must have the
+    checkpoint's vocabulary. cfg records the model that runs."""
+    if ckpt is not None and ckpt.get('vocab') not in (None, vocab):
+        raise UserError(f"the vocabulary in {data_dir}/meta.json ({vocab['tokenizer']}, {vocab['vocab_size']} "
+                        f"tokens) differs from the checkpoint's in {source.path} ({ckpt['vocab']['tokenizer']}, "
+                        f"{ckpt['vocab']['vocab_size']} tokens): train on the dataset the checkpoint was trained on")
     if cfg.block_size > model.config.block_size:
         raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
                         f"{model.config.block_size}; use --block_size={model.config.block_size} or less")
@@ -240,6 +245,38 @@ def whole_val_loss(model, data_dir, vocab, cfg, launch, device, autocast, pad):
         model, os.path.join(data_dir, 'val.bin'), vocab['dtype'], cfg.block_size, cfg.batch_size, device, autocast,
         evaluation.token_byte_lengths(vocab), launch.rank, launch.world_size, progress=launch.is_master, pad=pad)
     return loss_sum / n_tokens, evaluation.bits_per_byte(loss_sum, n_bytes)
+
+
+def describe(optimizer):
+    return f"{type(optimizer).__name__} (fused: {bool(optimizer.defaults.get('fused'))}): " + "; ".join(
+        f"{'Muon' if g.get('muon') else 'AdamW'} lr {g['lr']:g} weight decay {g['weight_decay']:g} on "
+        f"{len(g['params'])} tensors ({sum(p.numel() for p in g['params']):,} parameters)" for g in optimizer.param_groups)
+
+
+class FiniteLoss:
+    """The first iteration whose loss was not finite, kept on the device and read only when the loop syncs
+    anyway (logging, checkpointing), so watching costs no stall."""
+
+    def __init__(self, device, launch):
+        self.first_bad_iter = torch.tensor(-1, device=device)
+        self.launch = launch
+        self.last_good_ckpt = None
+
+    def update(self, loss_sum, it):
+        bad_now = (self.first_bad_iter < 0) & ~torch.isfinite(loss_sum)
+        self.first_bad_iter = torch.where(bad_now, it, self.first_bad_iter)
+
+    def check(self, it):
+        """Stop every rank with one line if any rank's loss was not finite (a collective)."""
+        bad = self.first_bad_iter.clone()
+        if self.launch.ddp:
+            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
+        if bad.item() >= 0:
+            where = (f"the last good checkpoint is {self.last_good_ckpt}" if self.last_good_ckpt
+                     else "no checkpoint was saved")
+            raise UserError(f"loss became non-finite (NaN or inf) at iteration {bad.item()} "
+                            f"(checked at {it}); stopped without saving; {where}. "
+                            f"Try a lower learning_rate, grad_clip, or dtype=bfloat16")
 
 
 def main(argv):
@@ -304,11 +341,7 @@ def main(argv):
         raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
     # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context
     model, ckpt = build_model(source, model_args_from(cfg, vocab), log=print0)
-    if ckpt is not None and ckpt.get('vocab') not in (None, vocab):
-        raise UserError(f"the vocabulary in {data_dir}/meta.json ({vocab['tokenizer']}, {vocab['vocab_size']} "
-                        f"tokens) differs from the checkpoint's in {source.path} ({ckpt['vocab']['tokenizer']}, "
-                        f"{ckpt['vocab']['vocab_size']} tokens): train on the dataset the checkpoint was trained on")
-    model_args = adopt_architecture(cfg, model, source, log=print0)
+    model_args = adopt_architecture(cfg, model, source, ckpt, vocab, data_dir, log=print0)
     print0(f"number of parameters: {model.get_num_params() / 1e6:.2f}M")
     if sharded_model:  # before the optimizer exists: it must hold the sharded weights
         distributed.shard_model(model, cfg.dtype, compile_blocks=compile_model)
@@ -320,9 +353,7 @@ def main(argv):
     scaler = torch.amp.GradScaler(device_type, enabled=(cfg.dtype == 'float16'))
     optimizer = model.configure_optimizers(cfg.weight_decay, cfg.learning_rate, (cfg.beta1, cfg.beta2), cfg.optimizer,
                                            cfg.muon_lr, cfg.muon_momentum, cfg.muon_weight_decay)
-    print0(f"{type(optimizer).__name__} (fused: {bool(optimizer.defaults.get('fused'))}): " + "; ".join(
-        f"{'Muon' if g.get('muon') else 'AdamW'} lr {g['lr']:g} weight decay {g['weight_decay']:g} on "
-        f"{len(g['params'])} tensors ({sum(p.numel() for p in g['params']):,} parameters)" for g in optimizer.param_groups))
+    print0(describe(optimizer))
     torch.manual_seed(cfg.seed + launch.rank)
     loader_generator.manual_seed(cfg.seed + launch.rank)
     iter_num, best_val_loss = 0, float('inf')
@@ -340,25 +371,11 @@ def main(argv):
     if launch.ddp and not sharded_model:
         model = DDP(model, device_ids=[device] if device_type == 'cuda' else None)
 
-    # The first iteration whose loss was not finite, or -1. Kept on the device and read
-    # only when the loop syncs anyway (logging, checkpointing), so it costs no stall.
-    first_bad_iter = torch.tensor(-1, device=device)
-    last_good_ckpt = None
-
-    def check_finite(it):
-        bad = first_bad_iter.clone()
-        if launch.ddp:
-            torch.distributed.all_reduce(bad, op=torch.distributed.ReduceOp.MAX)
-        if bad.item() >= 0:
-            where = f"the last good checkpoint is {last_good_ckpt}" if last_good_ckpt else "no checkpoint was saved"
-            raise UserError(f"loss became non-finite (NaN or inf) at iteration {bad.item()} "
-                            f"(checked at {it}); stopped without saving; {where}. "
-                            f"Try a lower learning_rate, grad_clip, or dtype=bfloat16")
+    finite = FiniteLoss(device, launch)
 
     def save_checkpoint(name):
         """Every rank calls this: it gathers their random states, and each learns whether the write succeeded."""
-        nonlocal last_good_ckpt
-        check_finite(iter_num)  # never overwrite a good checkpoint with a NaN model
+        finite.check(iter_num)  # never overwrite a good checkpoint with a NaN model
         path = os.path.join(cfg.out_dir, name.removesuffix('.pt') if sharded_ckpt else name)
         state = {'scaler': scaler.state_dict(), 'model_args': checkpoint.check_json(model_args), 'iter_num': iter_num,
                  'best_val_loss': best_val_loss, 'config': checkpoint.check_json(vars(cfg)),
@@ -374,7 +391,7 @@ def main(argv):
                 error = e
         distributed.share_failure(error, launch)  # a failed write stops every rank now, with its cause
         if name == 'ckpt.pt':
-            last_good_ckpt = path
+            finite.last_good_ckpt = path
 
     # -------------------------------------------------------------------------
     # training loop
@@ -400,7 +417,7 @@ def main(argv):
 
         # evaluate the loss on train/val sets and write checkpoints
         if iter_num % cfg.eval_interval == 0 or iter_num == cfg.max_iters or cfg.eval_only:
-            check_finite(iter_num)
+            finite.check(iter_num)
             losses = estimate_loss(model, data_dir, vocab['dtype'], cfg, launch, device, autocast)
             print0(f"step {iter_num}: train loss {losses['train']:.4f}, val loss {losses['val']:.4f}")
             log.write(iter=iter_num, train_loss=losses['train'], val_loss=losses['val'], lr=lr)
@@ -443,8 +460,7 @@ def main(argv):
         scaler.step(optimizer)
         scaler.update()
         optimizer.zero_grad(set_to_none=True)
-        # loss_sum holds every micro-step since the last log line: a NaN anywhere in it stays visible
-        first_bad_iter = torch.where((first_bad_iter < 0) & ~torch.isfinite(loss_sum), iter_num, first_bad_iter)
+        finite.update(loss_sum, iter_num)  # the sum of every micro-step since the last log line: a NaN stays visible
         iter_num += 1
         iters_since_log += 1
         iters_timed += 1
@@ -452,7 +468,7 @@ def main(argv):
             print0(distributed.memory_report(raw_model, optimizer, launch, device))
 
         if iter_num % cfg.log_interval == 0:
-            check_finite(iter_num)
+            finite.check(iter_num)
             lossf = loss_sum.item() / iters_since_log  # .item() waits for the GPU, so the timing is true
             dt = (time.time() - t_log) / iters_timed
             if iters_timed == cfg.log_interval and iter_num - start_iter > 5:  # let the first iterations warm up

@@ -100,7 +100,8 @@ def resume_path(out_dir, sharded_run=None):
 def resumable(out_dir):
     """Whether out_dir holds a checkpoint that init_from=resume continues: ckpt.pt, or the sharded ckpt/ of a
     parallelism='fsdp' run."""
-    return os.path.isfile(os.path.join(out_dir, 'ckpt.pt')) or sharded.find_sharded(os.path.join(out_dir, 'ckpt')) is not None
+    single, directory = os.path.join(out_dir, 'ckpt.pt'), os.path.join(out_dir, 'ckpt')
+    return os.path.isfile(single) or sharded.find_sharded(directory) is not None
 
 
 # -----------------------------------------------------------------------------
