@@ -18,6 +18,8 @@ import time
 
 import harness  # bench/harness.py
 
+from nanogpt.files import atomic_write
+
 REPO = harness.REPO
 SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
@@ -28,10 +30,9 @@ def make_corpus(path, size):
         return
     with gzip.open(os.path.join(SHARED, 'c4_sample_1000docs.jsonl.gz'), 'rb') as f:
         data = f.read()
-    with open(path + '.part', 'wb') as f:
+    with atomic_write(path) as f:
         for _ in range(-(-size // len(data))):  # whole copies: every line stays a complete document
             f.write(data)
-    os.replace(path + '.part', path)
 
 
 def run_variant(mode, corpus, workers, chunk_size, out_dir):

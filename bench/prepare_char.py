@@ -23,6 +23,8 @@ import time
 
 import harness  # bench/harness.py
 
+from nanogpt.files import atomic_write
+
 REPO = harness.REPO
 SAMPLE = os.path.join(os.path.dirname(REPO), 'shared', 'data', 'tinystories_train_head2MiB.txt')
 
@@ -33,11 +35,10 @@ def make_corpus(path, size):
         return
     data = open(SAMPLE, 'rb').read()
     data = data[:data.rfind(b'<|endoftext|>\n') + len(b'<|endoftext|>\n')]
-    with open(path + '.part', 'wb') as f:
+    with atomic_write(path) as f:
         for _ in range(size // len(data) + 1):
             f.write(data)
         f.truncate(size)
-    os.replace(path + '.part', path)
 
 
 def run_variant(mode, corpus, workers, chunk_size, out_dir):
