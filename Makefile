@@ -18,9 +18,9 @@ install: $(VENV)/.installed
 demo: install
 	$(BIN)/python data/shakespeare_char/prepare.py $(if $(INPUT),--input $(INPUT))
 	if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
-		$(BIN)/python train.py config/train_shakespeare_char.py; \
+		$(BIN)/python train.py config/train_shakespeare_char.py --init_from=scratch; \
 	else \
-		$(BIN)/python train.py config/train_shakespeare_char_cpu.py; \
+		$(BIN)/python train.py config/train_shakespeare_char_cpu.py --init_from=scratch; \
 	fi
 	$(BIN)/python sample.py --out_dir=out-shakespeare-char --num_samples=3 --max_new_tokens=300
 

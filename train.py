@@ -26,7 +26,7 @@ from nanogpt import checkpoint, distributed, evaluation, runlock
 from nanogpt.batches import RandomBatches, check_token_file
 from nanogpt.device import autocast_context, check_compiler, device_peak_flops, resolve_device, resolve_dtype
 from nanogpt.errors import ConfigError, UserError
-from nanogpt.loading import architecture_config, build_model, source_of
+from nanogpt.loading import Source, architecture_config, build_model, source_of
 from nanogpt.runlog import RunLog, provenance
 from nanogpt.tokenizer import Codec, model_vocab_size, read_vocab
 
@@ -237,6 +237,25 @@ def adopt_architecture(cfg, model, source, ckpt, vocab, data_dir, log):
     return model_args
 
 
+def continue_or_refuse(source, cfg, argv, log):
+    """The source of a run that is not resuming although out_dir holds a checkpoint. A job that SLURM or
+    torchrun restarted (a requeue after a node failure reruns the same command line) continues from it;
+    any other run stops rather than overwrite it, unless init_from was given on the command line."""
+    if source.resume or cfg.eval_only or not checkpoint.resumable(cfg.out_dir):
+        return source
+    restarts = int(os.environ.get('SLURM_RESTART_COUNT') or os.environ.get('TORCHELASTIC_RESTART_COUNT') or 0)
+    if not restarts and any(arg.startswith('--init_from=') for arg in argv):
+        return source
+    path = checkpoint.resume_path(cfg.out_dir, sharded_run=cfg.parallelism == 'fsdp')
+    if restarts:
+        log(f"note: this job was restarted ({restarts} time(s)): it resumes from {path}, "
+            f"not init_from={cfg.init_from!r}")
+        return Source('checkpoint', path, resume=True)
+    raise UserError(f"{path} would be overwritten by a new run from init_from={cfg.init_from!r}: continue it with "
+                    f"--init_from=resume, start over with --init_from={cfg.init_from} on the command line, or "
+                    f"choose another --out_dir")
+
+
 @torch.compiler.set_stance('force_eager')  # (see estimate_loss)
 def whole_val_loss(model, data_dir, vocab, cfg, launch, device, autocast, pad):
     """(Mean loss, bits per byte) over every token of the val split, each predicted once: deterministic,
@@ -336,7 +355,7 @@ def main(argv):
     # Every rank builds the same initial weights (DDP would broadcast rank 0's anyway);
     # the per-rank seed for data and dropout is set after the model exists.
     torch.manual_seed(cfg.seed)
-    source = source_of(cfg.init_from, cfg.out_dir, sharded_run=sharded_ckpt)
+    source = continue_or_refuse(source_of(cfg.init_from, cfg.out_dir, sharded_run=sharded_ckpt), cfg, argv, print0)
     if source.kind == 'gpt2' and vocab['tokenizer'] != 'gpt2':
         raise UserError(f"GPT-2 weights need GPT-2 BPE data, but {data_dir} is {vocab['tokenizer']}-level")
     # a checkpoint or GPT-2 brings its own architecture; the config can only shrink the context

@@ -411,3 +411,34 @@ def test_impossible_architectures_stop_train_py_before_reading_any_data(tmp_path
     code, _, err = run_main('train.py', *TRAIN, *options, cwd=tmp_path)  # tmp_path holds no data at all
     lines = err.strip().splitlines()
     assert code == 2 and len(lines) == 1 and message in lines[0], err
+
+
+# a run that would start over on out_dir's own checkpoint
+
+def test_a_new_run_does_not_overwrite_a_checkpoint_it_did_not_write(workdir, run_main):
+    before = files_in(workdir)
+    code, _, err = run_main('train.py', *TRAIN, '--max_iters=30', '--out_dir=out', cwd=workdir)
+    assert code == 1 and err.strip().splitlines() == [
+        "error: out/ckpt.pt would be overwritten by a new run from init_from='scratch': continue it with "
+        "--init_from=resume, start over with --init_from=scratch on the command line, or choose another --out_dir"]
+    assert files_in(workdir) == before
+
+
+def test_starting_over_is_allowed_when_the_command_line_asks_for_it(workdir, run_main):
+    code, out, err = run_main('train.py', *TRAIN, '--max_iters=3', '--out_dir=out', '--init_from=scratch', cwd=workdir)
+    assert code == 0, err
+    assert 'initializing a new model from scratch' in out and checkpoint.load(workdir / 'out' / 'ckpt.pt')['iter_num'] == 3
+
+
+@pytest.mark.parametrize('restart_variable', ['SLURM_RESTART_COUNT', 'TORCHELASTIC_RESTART_COUNT'])
+def test_a_restarted_job_resumes_from_its_checkpoint_whatever_its_command_line(workdir, run_main, monkeypatch,
+                                                                               restart_variable):
+    """SLURM requeues a job after a node failure and torchrun restarts failed workers: both rerun the same command
+    line, here from scratch, which must continue the run instead of training over its checkpoint."""
+    monkeypatch.setenv(restart_variable, '1')
+    code, out, err = run_main('train.py', *TRAIN, '--max_iters=25', '--out_dir=out', '--init_from=scratch',
+                              cwd=workdir)
+    assert code == 0, err
+    assert "note: this job was restarted (1 time(s)): it resumes from out/ckpt.pt, not init_from='scratch'" in out
+    assert 'resuming training from out/ckpt.pt' in out and 'iter 20: loss' in out and 'iter 0: loss' not in out
+    assert checkpoint.load(workdir / 'out' / 'ckpt.pt')['iter_num'] == 25
