@@ -25,6 +25,15 @@ TINY_MODEL = ['--n_layer=2', '--n_head=2', '--n_embd=32', '--block_size=32', '--
               '--dropout=0.0', '--bias=False', '--device=cpu', '--compile=False']
 
 
+# train.py (or another script) run by tests/observed.py, which records what the output cannot show
+OBSERVED = REPO / 'tests' / 'observed.py'
+
+
+def observations(directory):
+    """{rank: what tests/observed.py recorded for that rank} in its OBSERVED_DIR."""
+    return {int(p.stem.removeprefix('rank')): json.loads(p.read_text()) for p in Path(directory).glob('rank*.json')}
+
+
 def shared_file(name):
     path = SHARED_DATA / name
     if not path.exists():

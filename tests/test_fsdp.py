@@ -1,7 +1,10 @@
 """parallelism='fsdp' as users run it, on CPUs with gloo: 2 ranks under torchrun train like DDP,
-hold half the optimizer state each, write sharded checkpoints that survive SIGKILL at any moment
-and resume exactly, on 2 ranks or on 1; export turns a sharded checkpoint into the file that
-sample.py reads; bad input gets one line. (2 tasks under a real srun: tests/test_slurm.py.)"""
+reduce-scatter gradients only on the last micro-step, hold half the gradients and optimizer state
+each, compute in the mixed-precision policy's dtype, compile each block, write sharded checkpoints
+that survive SIGKILL at any moment and resume exactly, on 2 ranks or on 1; export turns a sharded
+checkpoint into the file that sample.py reads, with the weights the run trained; bad input gets one
+line. (2 tasks under a real srun: tests/test_slurm.py.) tests/observed.py records, in the runs, what
+their output does not show."""
 
 import random
 import re
@@ -12,11 +15,12 @@ import time
 
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, _kill_processes_under, char_workdir, run_script
+from conftest import OBSERVED, REPO, TINY_MODEL, _kill_processes_under, char_workdir, observations, run_script
 from test_distributed import clean_env
 from test_train import OPTION_MIXES, files_in, logged_numbers
 
 from nanogpt import checkpoint, checkpoint_file, sharded
+from nanogpt.loading import load_model
 from nanogpt.runlog import read_log
 
 ITERS = 30
@@ -24,14 +28,17 @@ ITERS = 30
 TRAIN = [*TINY_MODEL, '--dropout=0.1', '--dataset=shakespeare_char', '--eval_interval=5', '--eval_iters=4',
          '--log_interval=1', '--learning_rate=3e-3', '--warmup_iters=5', f'--lr_decay_iters={ITERS}',
          '--gradient_accumulation_steps=4', f'--max_iters={ITERS}']
+UNITS = 2 + 1  # FSDP units of TINY_MODEL: its 2 blocks, and the root (embeddings, final norm, head)
 
 
-def torchrun(*args, cwd, nproc=2):
-    """train.py under `torchrun --standalone`, started and left running."""
+def torchrun(*args, cwd, nproc=2, observe=None):
+    """train.py under `torchrun --standalone`, started and left running; observe: a directory where
+    tests/observed.py records what each rank did (see observations)."""
+    script = [str(OBSERVED), 'train.py'] if observe else [str(REPO / 'train.py')]
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--local_addr=127.0.0.1',
-           f'--nproc_per_node={nproc}', str(REPO / 'train.py'), *map(str, args)]
-    return subprocess.Popen(cmd, cwd=cwd, env=clean_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+           f'--nproc_per_node={nproc}', *script, *map(str, args)]
+    env = clean_env(**({'OBSERVED_DIR': str(observe)} if observe else {}))
+    return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def finish(proc, timeout=300):
@@ -47,17 +54,30 @@ def workdir(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def reference(workdir):
-    """The same 2-rank run with DDP and with FSDP, uninterrupted: {parallelism: (out_dir, printed log)}."""
+    """The same 2-rank run with DDP and with FSDP, uninterrupted: {parallelism: (out_dir, printed log)};
+    what each rank did is in observed_dir(out_dir)."""
     runs = {}
     for parallelism in ('ddp', 'fsdp'):
         out = workdir / f'out-{parallelism}'
         runs[parallelism] = out, finish(torchrun(*TRAIN, '--eval_full_val=True', f'--parallelism={parallelism}',
-                                                 f'--out_dir={out}', cwd=workdir))
+                                                 f'--out_dir={out}', cwd=workdir, observe=observed_dir(out)))
     return runs
 
 
+def observed_dir(out):
+    return out.parent / f'{out.name}-observed'
+
+
+def both_ranks(directory):
+    """What tests/observed.py recorded in directory for each of the 2 ranks (both must have run under it)."""
+    seen = observations(directory)
+    assert sorted(seen) == [0, 1], directory
+    return seen
+
+
 def memory_figures(log):
-    """{kind: (held, unsharded)} in bytes from train.py's 'memory per rank:' line."""
+    """{kind: (held, unsharded)} in bytes from train.py's 'memory per rank:' line (held: on the rank that holds
+    the most)."""
     line = re.search(r'^memory per rank: (.*)$', log, re.M)[1]
     units = {'B': 1, 'KiB': 2**10, 'MiB': 2**20, 'GiB': 2**30}
     sizes = [float(n) * units[u] for n, u in re.findall(r'([\d.]+) (B|KiB|MiB|GiB)', line)]
@@ -89,13 +109,29 @@ def test_fsdp_gives_the_losses_of_ddp(reference):
 
 
 @pytest.mark.slow
-def test_optimizer_state_per_rank_falls_by_the_number_of_ranks(reference):
+def test_accumulation_micro_steps_skip_the_reduce_scatter(reference):
+    """2 micro-steps per rank per iteration: the first keeps its gradients local, the second reduce-scatters
+    the sum of both, once per unit. (That the sum is right: the losses equal DDP's, above.)"""
+    fsdp, ddp = both_ranks(observed_dir(reference['fsdp'][0])), both_ranks(observed_dir(reference['ddp'][0]))
+    assert {rank: o['reduce_scatters'] for rank, o in fsdp.items()} == {0: ITERS * UNITS, 1: ITERS * UNITS}
+    assert {rank: o['reduce_scatters'] for rank, o in ddp.items()} == {0: 0, 1: 0}  # DDP all-reduces instead
+
+
+@pytest.mark.slow
+def test_optimizer_state_and_gradients_per_rank_fall_by_the_number_of_ranks(reference):
     ddp, fsdp = memory_figures(reference['ddp'][1]), memory_figures(reference['fsdp'][1])
     assert ddp['optimizer state'][0] == ddp['optimizer state'][1] > 0  # DDP: every rank holds it all
     assert fsdp['optimizer state'][1] == ddp['optimizer state'][1]  # the same total...
     # ...of which each of the 2 ranks holds about half (the larger shard, as rows do not split evenly)
     assert 0.45 < fsdp['optimizer state'][0] / ddp['optimizer state'][0] < 0.55
     assert 0.45 < fsdp['weights'][0] / ddp['weights'][0] < 0.55
+    # the gradients that each rank's optimizer stepped with, counted in the run: half under FSDP, as the
+    # line says (it counts them as the weights' size, its largest rank's)
+    held = {parallelism: max(o['gradient_bytes'][0] for o in both_ranks(observed_dir(out)).values())
+            for parallelism, (out, _) in reference.items()}
+    assert 0.45 < held['fsdp'] / held['ddp'] < 0.55
+    assert fsdp['gradients'][0] == pytest.approx(held['fsdp'], rel=1e-3)
+    assert ddp['gradients'][0] == pytest.approx(held['ddp'], rel=1e-3)
 
 
 @pytest.mark.slow
@@ -131,7 +167,15 @@ def test_fsdp_resume_after_sigkill_at_random_moments_is_bitwise_identical(refere
 @pytest.mark.slow
 def test_compiled_blocks_compose_with_fsdp(reference, workdir):
     out = workdir / 'out-compiled'
-    finish(torchrun(*TRAIN, '--compile=True', '--max_iters=10', '--parallelism=fsdp', f'--out_dir={out}', cwd=workdir))
+    finish(torchrun(*TRAIN, '--compile=True', '--max_iters=10', '--parallelism=fsdp', f'--out_dir={out}', cwd=workdir,
+                    observe=observed_dir(out)))
+    # the blocks ran compiled: dynamo captured a graph and AOTAutograd its backward, and while training none of
+    # a block's layers ran as Python (the root's final norm does, outside the blocks)
+    for rank, seen in both_ranks(observed_dir(out)).items():
+        dynamo = seen['dynamo']
+        assert dynamo.get('stats', {}).get('unique_graphs', 0) >= 1 and dynamo.get('aot_autograd', {}).get('ok', 0) >= 1, \
+            (rank, dynamo)
+        assert set(seen['eager_training']) == {'LayerNorm'}, (rank, seen['eager_training'])  # ln_f alone
     compiled = {e['iter']: e['loss'] for e in read_log(out / 'log.jsonl') if 'loss' in e}
     eager = {e['iter']: e['loss'] for e in read_log(reference['fsdp'][0] / 'log.jsonl') if 'loss' in e}
     # the same model and batches; only dropout's masks differ (inductor draws them from a generator of its own)
@@ -150,14 +194,30 @@ PRECISIONS = ['--dtype=bfloat16', '--dtype=float16', '--dtype=float32', '--dtype
 def test_architecture_options_and_mixed_precision_train_sharded(workdir, tmp_path, options):
     out = tmp_path / 'out'
     log = finish(torchrun(*TRAIN, *options, '--max_iters=6', '--eval_interval=3', '--parallelism=fsdp',
-                          '--peak_flops=1e12', f'--out_dir={out}', cwd=workdir))
+                          '--peak_flops=1e12', f'--out_dir={out}', cwd=workdir, observe=tmp_path / 'observed'))
     losses = [float(m) for m in re.findall(r'^iter \d+: loss ([\d.]+)', log, re.M)]
     assert len(losses) == 6 and losses[-1] < losses[0], log
     saved = checkpoint.load(out / 'ckpt')
     for option in options:
         key, value = option[2:].split('=')
         assert str(saved['model_args' if key != 'dtype' else 'config'][key]) == value
+    # the policy was applied: every layer computed with the gathered weights in dtype, while the
+    # gradients were reduced in float32 (and the sharded weights the optimizer steps stay float32)
+    dtype = options[-1].split('=')[1]
+    for rank, seen in both_ranks(tmp_path / 'observed').items():
+        assert set(seen['forward_dtypes']) == {f'torch.{dtype}'}, (rank, seen['forward_dtypes'])
+        assert set(seen['reduce_dtypes']) == {'torch.float32'}, (rank, seen['reduce_dtypes'])
+    trained = torch.load(tmp_path / 'observed' / 'weights.pt')  # what the ranks held at the last save
+    assert all(w.dtype == torch.float32 for w in trained.values())
     run_script('checkpoint.py', 'export', out / 'ckpt', tmp_path / 'model.pt', cwd=workdir)
+    exported = checkpoint.load(tmp_path / 'model.pt')['model']
+    assert exported.keys() == trained.keys() == saved['model'].keys()
+    assert all(torch.equal(exported[k], trained[k]) and torch.equal(saved['model'][k], trained[k]) for k in trained)
+    # sample.py's loading: the export and the sharded directory are the same model
+    idx = torch.randint(0, saved['model_args']['vocab_size'], (2, 32), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        logits = [load_model(str(path), '')[0].eval()(idx, idx)[0] for path in (tmp_path / 'model.pt', out / 'ckpt')]
+    assert torch.equal(*logits)
     sample = run_script('sample.py', f'--init_from={tmp_path / "model.pt"}', '--device=cpu', '--num_samples=1',
                         '--max_new_tokens=10', '--start=ROMEO:', cwd=workdir).stdout
     assert sample.startswith('ROMEO:')
