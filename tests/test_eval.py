@@ -1,11 +1,13 @@
 """eval.py, evaluation.py and `checkpoint.py export --format=hf` as a user runs them: HellaSwag scored
 as an independent computation with transformers scores it, bits per byte against a direct
 computation, the Hugging Face export's logits, lm_eval on the export, HellaSwag during training
-(which leaves the training run as it was), and one-line errors."""
+(which leaves the training run as it was, and logs what eval.py computes on its checkpoint; split
+across ranks, padded under FSDP), and one-line errors."""
 
 import gzip
 import json
 import math
+import os
 import random
 import re
 import shutil
@@ -17,7 +19,16 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import REPO, SHARED_DATA, TINY_MODEL, run_script, shared_file, write_char_dataset
+from conftest import (
+    OBSERVED,
+    SHARED_DATA,
+    TINY_MODEL,
+    _kill_processes_under,
+    observations,
+    run_script,
+    shared_file,
+    write_char_dataset,
+)
 
 from model import GPT, GPTConfig
 from nanogpt import checkpoint, checkpoint_file, hf
@@ -307,22 +318,58 @@ def test_hellaswag_during_training_leaves_the_training_run_unchanged(char_run):
     assert torch.equal(with_hellaswag['rng'][0]['loader'], without['rng'][0]['loader'])
     entries = read_log(char_run / 'out-hellaswag' / 'log.jsonl')
     assert [e['iter'] for e in entries if 'hellaswag_acc_norm' in e] == [0, 10, 20]
+    # eval.py, on the checkpoint the run ended with, computes the numbers the run logged at its last step
+    run_script('eval.py', '--out_dir=out-hellaswag', '--tasks=hellaswag', '--hellaswag_file=hellaswag_char.jsonl',
+               '--device=cpu', '--log=True', cwd=char_run)
+    in_training = next(e for e in entries if e['iter'] == 20 and 'hellaswag_acc' in e)
+    by_eval = read_log(char_run / 'out-hellaswag' / 'log.jsonl')[-1]
+    assert (by_eval['source'], by_eval['iter']) == ('eval.py', 20)
+    assert (by_eval['hellaswag_acc'], by_eval['hellaswag_acc_norm']) == \
+        (in_training['hellaswag_acc'], in_training['hellaswag_acc_norm'])
 
 
 @pytest.mark.slow
 def test_hellaswag_is_split_across_ranks_and_summed(char_run):
-    args = [*CHAR_TRAIN, '--max_iters=0', '--hellaswag_interval=10', '--hellaswag_file=hellaswag_char.jsonl',
-            '--eval_full_val=False']
-    single = run_script('train.py', *args, '--out_dir=out-hs1', cwd=char_run).stdout
-    env = {k: v for k, v in __import__('os').environ.items() if not k.startswith('SLURM_')}
-    proc = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--local_addr=127.0.0.1',
-                           '--nproc_per_node=2', str(REPO / 'train.py'), *args, '--out_dir=out-hs2'], cwd=char_run,
-                          env={**env, 'OMP_NUM_THREADS': '1'}, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert 'with 2 rank(s)' in proc.stdout
+    """Rank r scores every other example from the r-th, and the counts are summed: the ranks' batches are
+    disjoint and together every example's. Of 19 examples rank 1 has one fewer, so under FSDP, where every
+    rank must run as many forwards, it runs one more that counts nothing (evaluation's pad=True)."""
+    lines = (char_run / 'hellaswag_char.jsonl').read_text().splitlines()
+    (char_run / 'hellaswag_19.jsonl').write_text('\n'.join(lines[:19]) + '\n')
+    # ddp_timeout: ranks whose forwards do not pair up (unpadded under FSDP) wait in a collective: end it soon
+    args = [*CHAR_TRAIN, '--max_iters=0', '--hellaswag_interval=10', '--hellaswag_file=hellaswag_19.jsonl',
+            '--eval_full_val=False', '--ddp_timeout=60']
+    env = {k: v for k, v in os.environ.items() if not k.startswith('SLURM_')}
+    single = run_script('tests/observed.py', 'train.py', *args, '--out_dir=out-hs1', cwd=char_run,
+                        env={'OBSERVED_DIR': str(char_run / 'observed-hs1')}).stdout
     line = re.compile(r'^step 0: hellaswag .*$', re.M)
-    assert line.search(proc.stdout)[0] == line.search(single)[0]
-    assert line.search(single)[0].endswith('(20 examples)')
+    assert line.search(single)[0].endswith('(19 examples)')
+    [call] = observations(char_run / 'observed-hs1')[0]['hellaswag']
+    every = [json.dumps(batch) for batch in call['batches']]
+    assert len(set(every)) == 19  # batch_size=4: one example's 4 rows per forward
+    for parallelism in ('ddp', 'fsdp'):
+        observed, out = char_run / f'observed-hs-{parallelism}', char_run / f'out-hs-{parallelism}'
+        proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--local_addr=127.0.0.1',
+                                 '--nproc_per_node=2', str(OBSERVED), 'train.py', *args, f'--parallelism={parallelism}',
+                                 f'--out_dir={out}'], cwd=char_run, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, env={**env, 'OMP_NUM_THREADS': '1', 'OBSERVED_DIR': str(observed)})
+        try:
+            stdout = proc.communicate(timeout=300)[0]
+        finally:  # torchrun starts the ranks in sessions of their own: a run that hung leaves none behind
+            _kill_processes_under(str(out))
+        assert proc.returncode == 0, stdout
+        assert 'with 2 rank(s)' in stdout
+        assert line.search(stdout)[0] == line.search(single)[0]
+        calls = {rank: seen['hellaswag'] for rank, seen in observations(observed).items()}
+        assert sorted(calls) == [0, 1] and all(len(c) == 1 for c in calls.values())
+        batches = {rank: [json.dumps(batch) for batch in c[0]['batches']] for rank, c in calls.items()}
+        counted = [calls[rank][0]['contributed'] for rank in (0, 1)]  # [examples, correct, correct_norm]
+        assert None not in counted, 'nothing was summed over the ranks: each scored every example itself'
+        assert [c[0] for c in counted] == [10, 9]
+        assert sorted(batches[0] + batches[1][:9]) == sorted(every)
+        if parallelism == 'fsdp':
+            assert len(batches[1]) == 10 and batches[1][9] == every[0]  # the first example again, not counted
+        else:
+            assert len(batches[1]) == 9
 
 
 @pytest.mark.slow
