@@ -1,7 +1,8 @@
 """slurm/train_gpt2.sbatch on a real one-node SLURM cluster, with 2 CPU tasks instead of GPUs:
 a full run, a SIGUSR1 that checkpoints and ends the job, and a SIGUSR1 that requeues it so that
 it resumes by itself. Resumed runs must end with the same weights as the uninterrupted one.
-slurm/train_gpt2_xl.sbatch (FSDP) too, shrunk to the tiny model: it must log DDP's losses.
+slurm/train_gpt2_xl.sbatch (FSDP) too, shrunk to the tiny model: it must log DDP's losses, and
+its requeued run end with the weights of its uninterrupted run, bit for bit.
 
 Needs a running cluster: `bash .ci/start-slurm.sh` (as root) starts one on this machine. Without
 one these tests skip, except under CI (CI=true), where they fail."""
@@ -236,12 +237,33 @@ def test_out_dir_lock_asks_slurm_whether_the_holding_job_still_runs(slurm, tmp_p
     runlock.acquire(str(tmp_path / 'out')).release()  # the job has ended: the record no longer holds the directory
 
 
+# the XL script passes config/train_gpt2_xl.py, then these: GPT-2 XL's config, with the DDP run's model and schedule
+FSDP_SHRINK = [*TRAIN, '--wandb_log=False', '--min_lr=6e-5']
+
+
+def fsdp_workdir(tmp_path_factory, name):
+    workdir = new_workdir(tmp_path_factory, name)
+    (workdir / 'config').symlink_to(REPO / 'config')
+    return workdir
+
+
+@pytest.fixture(scope='module')
+def fsdp_full_run(jobs, tmp_path_factory):
+    """slurm/train_gpt2_xl.sbatch, shrunk, run to the end with 2 ranks: the reference for the requeued one."""
+    workdir = fsdp_workdir(tmp_path_factory, 'slurm-fsdp-full')
+    job_id = jobs(workdir, *FSDP_SHRINK, script='train_gpt2_xl.sbatch')
+    info = wait_until_ended(job_id, timeout=300)
+    log = log_of(workdir, job_id).read_text()
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), log
+    assert 'received SIGUSR1' not in log and f'done: {ITERS} iterations' in log
+    return workdir
+
+
 @pytest.mark.slow
-def test_fsdp_script_trains_like_ddp_and_resumes_from_its_shards_after_a_requeue(jobs, full_run, tmp_path_factory):
-    workdir = new_workdir(tmp_path_factory, 'slurm-fsdp')
-    (workdir / 'config').symlink_to(REPO / 'config')  # the script passes config/train_gpt2_xl.py, then these:
-    shrink = [*TRAIN, '--wandb_log=False', '--min_lr=6e-5']  # GPT-2 XL's config, with the DDP run's model and schedule
-    job_id = jobs(workdir, *shrink, script='train_gpt2_xl.sbatch')
+def test_fsdp_script_trains_like_ddp_and_resumes_from_its_shards_after_a_requeue(jobs, full_run, fsdp_full_run,
+                                                                                 tmp_path_factory):
+    workdir = fsdp_workdir(tmp_path_factory, 'slurm-fsdp')
+    job_id = jobs(workdir, *FSDP_SHRINK, script='train_gpt2_xl.sbatch')
     log = log_of(workdir, job_id)
     info = preempt_and_requeue(job_id, log)
     text = log.read_text()
@@ -264,3 +286,9 @@ def test_fsdp_script_trains_like_ddp_and_resumes_from_its_shards_after_a_requeue
     assert len(whole) == len(ddp) - 1
     assert all(fsdp[i] == pytest.approx(ddp[i], rel=1e-4) for i in whole if i < 30), (fsdp, ddp)
     assert all(fsdp[i] == pytest.approx(ddp[i], rel=1e-2) for i in whole), (fsdp, ddp)
+    # the resumed run is the uninterrupted one: the same weights, bit for bit, and the same losses
+    resumed, uninterrupted = checkpoint.load(workdir / 'out' / 'ckpt'), checkpoint.load(fsdp_full_run / 'out' / 'ckpt')
+    assert resumed['iter_num'] == uninterrupted['iter_num'] == ITERS
+    assert same_weights(resumed['model'], uninterrupted['model'])
+    reference = {e['iter']: e['loss'] for e in read_log(fsdp_full_run / 'out' / 'log.jsonl') if 'loss' in e}
+    assert {i: fsdp[i] for i in whole} == {i: reference[i] for i in whole}
