@@ -126,7 +126,10 @@ def wait_for(job_id, done, what, timeout=120):
     info = job_info(job_id)
     log = Path(info.get('StdOut', '/nonexistent'))
     tail = '\n'.join(log.read_text().splitlines()[-15:]) if log.is_file() else '(no log)'
-    raise AssertionError(f"job {job_id} did not {what} within {timeout} s: {info}\nits log ends with:\n{tail}")
+    hung = info.get('JobState') == 'RUNNING' and tail.rstrip().rpartition('\n')[2].startswith('done:')
+    raise AssertionError(f"job {job_id} did not {what} within {timeout} s"
+                         f"{' (training ended, but a rank never exited)' if hung else ''}: {info}\n"
+                         f"its log ends with:\n{tail}")
 
 
 def wait_until_ended(job_id, timeout=120):
