@@ -10,6 +10,7 @@ Every default below can be changed by a config file and by --key=value (see conf
 A run killed at any moment continues with --init_from=resume as if it had never stopped.
 """
 
+import gc
 import json
 import math
 import os
@@ -521,6 +522,10 @@ def main(argv):
         run_lock.release()
     if wandb:
         wandb.finish()
+    # Free the DDP wrapper while the process group still lives: freed with main's other locals on return,
+    # its reducer's teardown joins gloo's worker thread while holding the GIL that thread needs (a hang at exit)
+    model = None
+    gc.collect()
     distributed.cleanup(launch)
     if stop == 'SIGUSR1' and master:  # SLURM's advance warning (--signal=USR1@N): continue in a new job
         distributed.requeue_slurm_job()

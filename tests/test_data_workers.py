@@ -90,6 +90,7 @@ def ray_tasks(stdout):
     return tuple(map(int, found[0])) if found else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
 def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path):
     corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
@@ -112,6 +113,7 @@ def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path):
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
 def test_bpe_default_matches_one_worker(tmp_path):
     env = {'TIKTOKEN_CACHE_DIR': str(SHARED_DATA / 'tiktoken_cache')}

@@ -154,6 +154,7 @@ def reference_hellaswag(hf_dir, path):
     return correct / n, correct_norm / n
 
 
+@pytest.mark.slow
 def test_hellaswag_agrees_with_transformers_scoring_the_hf_export(bpe_run):
     lines = (bpe_run / 'hellaswag.jsonl').read_text().splitlines()
     import tiktoken
@@ -167,6 +168,7 @@ def test_hellaswag_agrees_with_transformers_scoring_the_hf_export(bpe_run):
     assert acc != acc_norm  # the two rules pick differently on this file: each is checked
 
 
+@pytest.mark.slow
 def test_hellaswag_does_not_depend_on_batching(bpe_run):
     from contextlib import nullcontext
 
@@ -179,6 +181,7 @@ def test_hellaswag_does_not_depend_on_batching(bpe_run):
     assert results[4] == results[12] == results[64] and results[4][0] == 23
 
 
+@pytest.mark.slow
 def test_hf_export_gives_transformers_the_same_logits_and_tokens(bpe_run):
     from transformers import AutoTokenizer, GPT2LMHeadModel
     hf_dir = bpe_run / 'hf'
@@ -249,6 +252,7 @@ def direct_bits_per_byte(model, tokens, block_size, decode):
     return total / math.log(2) / len(decode(tokens[1:].tolist()).encode('utf-8'))
 
 
+@pytest.mark.slow
 def test_bits_per_byte_of_a_bpe_model_matches_a_direct_computation(bpe_run):
     import tiktoken
     out = run_script('eval.py', '--tasks=bpb', '--device=cpu', '--batch_size=5', cwd=bpe_run).stdout
@@ -262,6 +266,7 @@ def test_bits_per_byte_of_a_bpe_model_matches_a_direct_computation(bpe_run):
     assert metric(out, 'val_bpb') == pytest.approx(expected, abs=1e-4)
 
 
+@pytest.mark.slow
 def test_bits_per_byte_of_a_char_model_is_its_loss_over_ln2_and_the_log_keeps_it(char_run):
     out = char_run / 'out-eval'
     before = read_log(out / 'log.jsonl')
@@ -304,6 +309,7 @@ def train_log_numbers(stdout):
     return re.findall(r'^(?:iter \d+: loss [\d.]+|step \d+: train loss .*)', stdout, re.M)
 
 
+@pytest.mark.slow
 def test_hellaswag_during_training_leaves_the_training_run_unchanged(char_run):
     run = run_script('train.py', *CHAR_TRAIN, '--out_dir=out-hellaswag', '--hellaswag_interval=10',
                      '--hellaswag_file=hellaswag_char.jsonl', cwd=char_run).stdout
@@ -472,6 +478,7 @@ BAD_INPUTS = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('script, args, message', BAD_INPUTS, ids=[f"{s}-{' '.join(a[-2:])}" for s, a, _ in BAD_INPUTS])
 def test_bad_input_gets_a_one_line_error(char_run, tmp_path, script, args, message):
     write_bad_files(char_run)

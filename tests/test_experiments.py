@@ -28,6 +28,7 @@ def run_with_snapshots(shakespeare_workdir):
     return shakespeare_workdir / 'out-exp'
 
 
+@pytest.mark.slow
 def test_run_log_records_every_log_and_eval_step_and_the_config(run_with_snapshots):
     entries = read_log(run_with_snapshots / 'log.jsonl')
     assert [e['iter'] for e in entries if 'loss' in e] == [4, 9, 14, 19]
@@ -39,6 +40,7 @@ def test_run_log_records_every_log_and_eval_step_and_the_config(run_with_snapsho
     assert saved['provenance']['torch'] and saved['provenance']['code_version']
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_the_same_numbers(run_with_snapshots):
     from tensorboard.backend.event_processing import event_accumulator  # requirements-dev.txt installs it
     events = event_accumulator.EventAccumulator(str(run_with_snapshots / 'tensorboard'))
@@ -49,6 +51,7 @@ def test_tensorboard_gets_the_same_numbers(run_with_snapshots):
     assert [s.step for s in events.Scalars('loss')] == [4, 9, 14, 19]
 
 
+@pytest.mark.slow
 def test_plot_draws_each_logged_loss_and_refuses_a_missing_log(run_with_snapshots, tmp_path, monkeypatch):
     import matplotlib.figure
     import matplotlib.image
@@ -76,6 +79,7 @@ def test_plot_draws_each_logged_loss_and_refuses_a_missing_log(run_with_snapshot
         f"error: no log at {tmp_path / 'nothing' / 'log.jsonl'}: is {tmp_path / 'nothing'} the out_dir of a train.py run?"]
 
 
+@pytest.mark.slow
 def test_sampling_across_snapshots_labels_each_with_its_iteration(run_with_snapshots):
     args = ['--out_dir=out-exp', '--snapshots=True', '--device=cpu', '--num_samples=1', '--max_new_tokens=30',
             '--start=ROMEO:']
@@ -168,6 +172,7 @@ def test_sweep_runs_a_grid_over_a_base_config_two_at_a_time_and_tables_the_whole
     assert rows[names[0]][5] != rows[names[1]][5]  # two learning rates, two models
 
 
+@pytest.mark.slow
 def test_an_evaluation_only_run_leaves_the_training_log_alone(run_with_snapshots):
     before = {name: (run_with_snapshots / name).read_bytes() for name in ('log.jsonl', 'config.json')}
     out = run_script('train.py', *TRAIN, '--out_dir=out-exp', '--init_from=resume', '--eval_only=True',

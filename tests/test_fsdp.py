@@ -30,6 +30,8 @@ TRAIN = [*TINY_MODEL, '--dropout=0.1', '--dataset=shakespeare_char', '--eval_int
          '--gradient_accumulation_steps=4', f'--max_iters={ITERS}']
 UNITS = 2 + 1  # FSDP units of TINY_MODEL: its 2 blocks, and the root (embeddings, final norm, head)
 
+pytestmark = pytest.mark.slow  # every test here trains under FSDP in subprocesses
+
 
 def torchrun(*args, cwd, nproc=2, observe=None):
     """train.py under `torchrun --standalone`, started and left running; observe: a directory where

@@ -94,6 +94,7 @@ def float16_muon_run(shakespeare_workdir, tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_the_schedule_gives_muons_matrices_muon_lr_and_the_rest_learning_rate(float16_muon_run):
     ckpt = checkpoint.load(float16_muon_run / 'ckpt.pt')
     assert ckpt['iter_num'] == 30
@@ -106,6 +107,7 @@ def test_the_schedule_gives_muons_matrices_muon_lr_and_the_rest_learning_rate(fl
     assert len(groups) == 3 and all(g['lr'] == pytest.approx(scheduled, rel=1e-12) for g in groups if not g.get('muon'))
 
 
+@pytest.mark.slow
 def test_a_float16_muon_run_learns_under_the_grad_scaler(float16_muon_run):
     ckpt = checkpoint.load(float16_muon_run / 'ckpt.pt')
     assert ckpt['config']['dtype'] == 'float16'
@@ -139,6 +141,7 @@ def test_a_muon_run_resumes_bitwise_after_sigkill(shakespeare_workdir, tmp_path)
     assert len(momenta) == 8 and all(m.abs().sum() > 0 for m in momenta)  # Muon's state was saved and restored
 
 
+@pytest.mark.slow
 def test_resuming_with_another_optimizer_is_refused_in_one_line(shakespeare_workdir, tmp_path):
     args = [*MUON[:-2], '--max_iters=5', f'--out_dir={tmp_path}']  # AdamW, without dropout
     run_script('train.py', *args, cwd=shakespeare_workdir)

@@ -30,6 +30,8 @@ TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', f'--max_iters={ITERS}', '--e
 ON_CPUS = ['--nodes=1', '--ntasks-per-node=2', '--cpus-per-task=1', '--gpus-per-node=0', '--time=10']
 ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE')
 
+pytestmark = pytest.mark.slow  # every test here submits SLURM jobs
+
 
 def slurm_problem():
     """Why the cluster cannot run these tests, or None."""
