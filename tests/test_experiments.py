@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import REPO, TINY_MODEL, run_script
+from conftest import REPO, SHARED_DATA, TINY_MODEL, run_script, write_char_dataset
 
 from nanogpt.runlog import read_log
 
@@ -100,15 +100,24 @@ runs = {{'small': {{'n_embd': 32}}, 'wider': {{'n_embd': 48, 'n_head': 2}}, 'bro
 """
 
 
+@pytest.fixture
+def small_workdir(tmp_path):
+    """data/shakespeare_char from the first 40,000 characters of tiny shakespeare: a sweep evaluates every run on
+    the whole val set, which here is 4,000 tokens instead of 111,540."""
+    text = (SHARED_DATA / 'tinyshakespeare.txt').read_text()[:40_000]
+    write_char_dataset(tmp_path / 'data' / 'shakespeare_char', text)
+    return tmp_path
+
+
 @pytest.mark.slow
-def test_sweep_reports_every_run_and_a_restart_skips_the_finished_ones(shakespeare_workdir, tmp_path):
+def test_sweep_reports_every_run_and_a_restart_skips_the_finished_ones(small_workdir, tmp_path):
     sweep_file = tmp_path / 'sweep_tiny.py'
     sweep_file.write_text(SWEEP_FILE)
     out = tmp_path / 'sweep'
     command = [sys.executable, str(REPO / 'sweep.py'), str(sweep_file), f'--out_dir={out}']
 
     # kill the sweep (and its run) once the second run has written a checkpoint
-    proc = subprocess.Popen(command, cwd=shakespeare_workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+    proc = subprocess.Popen(command, cwd=small_workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, start_new_session=True)
     deadline = time.time() + 300
     while not (out / 'wider' / 'ckpt.pt').exists():
@@ -118,7 +127,7 @@ def test_sweep_reports_every_run_and_a_restart_skips_the_finished_ones(shakespea
     proc.wait()
     first = read_log(out / 'small' / 'log.jsonl')
 
-    restarted = subprocess.run(command, cwd=shakespeare_workdir, capture_output=True, text=True, timeout=300)
+    restarted = subprocess.run(command, cwd=small_workdir, capture_output=True, text=True, timeout=300)
     assert restarted.returncode == 1  # one run failed
     assert 'small: finished before, skipped' in restarted.stdout
     assert 'resuming wider' in restarted.stdout
@@ -144,13 +153,12 @@ def as_python(value):
 
 
 @pytest.mark.slow
-def test_sweep_runs_a_grid_over_a_base_config_two_at_a_time_and_tables_the_whole_val_loss(shakespeare_workdir,
-                                                                                          tmp_path):
+def test_sweep_runs_a_grid_over_a_base_config_two_at_a_time_and_tables_the_whole_val_loss(small_workdir, tmp_path):
     base = tmp_path / 'tiny.py'  # the base: a config file, as train.py takes one, with TRAIN's settings
     base.write_text(''.join(f"{key} = {as_python(value)!r}\n" for key, value in (a[2:].split('=', 1) for a in TRAIN)))
     out = tmp_path / 'grid'
     proc = run_script('sweep.py', '--base', base, '--grid', 'learning_rate=[1e-3,3e-3]', '--parallel', '2',
-                      f'--out_dir={out}', '--max_iters=10', cwd=shakespeare_workdir)
+                      f'--out_dir={out}', '--max_iters=10', cwd=small_workdir)
     names = ['learning_rate=0.001', 'learning_rate=0.003']
     for name, lr in zip(names, (1e-3, 3e-3)):
         config = json.loads((out / name / 'config.json').read_text())['config']

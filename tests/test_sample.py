@@ -40,13 +40,17 @@ def sample(tmp_path, ckpt, *args, env=None):
 
 @pytest.mark.slow
 @pytest.mark.parametrize('vocab', [CHAR_VOCAB, GPT2_VOCAB], ids=['char', 'gpt2'])
-def test_kv_cache_and_streaming_print_the_same_text(tmp_path, vocab, tiktoken_env):
+def test_kv_cache_and_streaming_print_the_same_text(tmp_path, vocab, tiktoken_env, run_main, monkeypatch):
     ckpt = write_model(tmp_path / 'model.pt', vocab)
     # 40 new tokens from a 2-token prompt run well past block_size=16
     common = ['--max_new_tokens=40', '--temperature=1.0', '--top_k=None', '--start=ab', '--seed=7']
-    reference = sample(tmp_path, ckpt, *common, '--kv_cache=False', env=tiktoken_env)
-    assert sample(tmp_path, ckpt, *common, env=tiktoken_env) == reference
-    assert sample(tmp_path, ckpt, *common, '--stream=True', env=tiktoken_env) == reference
+    reference = sample(tmp_path, ckpt, *common, '--kv_cache=False', env=tiktoken_env)  # as a user runs it
+    for key, value in tiktoken_env.items():
+        monkeypatch.setenv(key, value)
+    for variant in ([], ['--stream=True']):  # in this process (run_main): the same main, without a new interpreter
+        code, out, err = run_main('sample.py', f'--init_from={ckpt}', '--device=cpu', '--num_samples=2', *common,
+                                  *variant, cwd=tmp_path)
+        assert code == 0 and out == reference, err
     assert reference.count('---------------') == 2 and reference.startswith('ab')
 
 

@@ -382,7 +382,8 @@ OPTION_MIXES = [
 
 @pytest.mark.slow
 @pytest.mark.parametrize('options', OPTION_MIXES, ids=[' '.join(o) for o in OPTION_MIXES])
-def test_architecture_options_train_resume_export_and_sample(trained, tmp_path, options):
+def test_architecture_options_train_resume_export_and_sample(trained, tmp_path, run_main, options):
+    """The first run as a user starts it; the rest in this process (run_main), which saves three interpreters."""
     out = tmp_path / 'out'
     run_script('train.py', *TRAIN, *options, '--max_iters=10', f'--out_dir={out}', cwd=trained)
     saved = checkpoint.load(out / 'ckpt.pt')
@@ -390,15 +391,17 @@ def test_architecture_options_train_resume_export_and_sample(trained, tmp_path, 
         key, value = option[2:].split('=')
         assert str(saved['model_args'][key]) == value
     # resume rebuilds the same model from the checkpoint alone: no options on this command line
-    resumed = run_script('train.py', *TRAIN, '--max_iters=15', f'--out_dir={out}', '--init_from=resume', cwd=trained)
-    assert checkpoint.load(out / 'ckpt.pt')['iter_num'] == 15 and min(losses_in(resumed.stdout)) == ('iter', 10)
-    run_script('checkpoint.py', 'export', out / 'ckpt.pt', tmp_path / 'model.pt', cwd=trained)
+    code, resumed, err = run_main('train.py', *TRAIN, '--max_iters=15', f'--out_dir={out}', '--init_from=resume',
+                                  cwd=trained)
+    assert code == 0, err
+    assert checkpoint.load(out / 'ckpt.pt')['iter_num'] == 15 and min(losses_in(resumed)) == ('iter', 10)
+    assert run_main('checkpoint.py', 'export', out / 'ckpt.pt', tmp_path / 'model.pt', cwd=trained)[0] == 0
     # 80 new tokens run past block_size=32: the cache restarts its window (RoPE re-encodes positions)
     common = ['--device=cpu', '--num_samples=2', '--max_new_tokens=80', '--start=ROMEO:', '--seed=3']
-    cached = run_script('sample.py', f'--out_dir={out}', *common, cwd=trained).stdout
-    uncached = run_script('sample.py', f'--init_from={tmp_path / "model.pt"}', *common, '--kv_cache=False',
-                          cwd=trained).stdout
-    assert cached == uncached and cached.count('ROMEO:') == 2
+    code, cached, _ = run_main('sample.py', f'--out_dir={out}', *common, cwd=trained)
+    _, uncached, _ = run_main('sample.py', f'--init_from={tmp_path / "model.pt"}', *common, '--kv_cache=False',
+                              cwd=trained)
+    assert code == 0 and cached == uncached and cached.count('ROMEO:') == 2
 
 
 @pytest.mark.parametrize('options, message', [
