@@ -95,7 +95,7 @@ def test_sampling_across_snapshots_labels_each_with_its_iteration(run_with_snaps
 
 
 SWEEP_FILE = f"""
-base = {[*TRAIN, '--max_iters=60']!r}
+base = {[*TRAIN, '--max_iters=30']!r}
 runs = {{'small': {{'n_embd': 32}}, 'wider': {{'n_embd': 48, 'n_head': 2}}, 'broken': {{'norm': 'batchnorm'}}}}
 """
 
@@ -139,7 +139,7 @@ def test_sweep_reports_every_run_and_a_restart_skips_the_finished_ones(small_wor
     assert rows['small'].endswith('| done |') and rows['wider'].endswith('| done |')
     assert "norm must be one of 'layernorm', 'rmsnorm', 'none', got 'batchnorm'" in rows['broken']
     wider = read_log(out / 'wider' / 'log.jsonl')
-    assert [e['iter'] for e in wider if 'loss' in e] == list(range(4, 60, 5))  # resumed: none missing or twice
+    assert [e['iter'] for e in wider if 'loss' in e] == list(range(4, 30, 5))  # resumed: none missing or twice
     assert (out / 'loss.png').read_bytes()[:8] == PNG_SIGNATURE
     assert restarted.stderr.strip().splitlines() == ["error: 1 of 3 runs failed: broken (see the table)"]
 
