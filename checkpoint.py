@@ -40,9 +40,9 @@ def main(argv):
     except OSError as e:  # a full disk, no permission, a missing parent directory
         raise UserError(f"could not write {dst} ({e.strerror}); choose another destination") from None
     print(f"wrote {dst}/: {', '.join(written)}")
-    if 'vocab.json' not in written:
+    if 'vocab.json' not in written and 'tokenizer.json' not in written:
         vocab = ckpt.get('vocab') or {}
-        print(f"note: no tokenizer files: Hugging Face's GPT-2 tokenizer holds GPT-2's BPE only, and this model's "
+        print(f"note: no tokenizer files: Hugging Face's tokenizers hold BPE vocabularies, and this model's "
               f"vocabulary is {vocab.get('tokenizer', 'not recorded')} ({vocab.get('vocab_size', '?')} tokens); "
               f"transformers loads the model, lm_eval would need a tokenizer")
 

@@ -29,7 +29,7 @@ from nanogpt.batches import sequential_batches
 from nanogpt.data.sources import download
 from nanogpt.errors import UserError
 from nanogpt.files import cache_dir
-from nanogpt.tokenizer import get_encoding
+from nanogpt.tokenizer import bpe_encoding
 
 HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/hellaswag_val.jsonl'
 
@@ -38,11 +38,13 @@ HELLASWAG_URL = 'https://raw.githubusercontent.com/rowanz/hellaswag/master/data/
 # loss and bits per byte on a whole split
 
 def token_byte_lengths(vocab):
-    """How many UTF-8 bytes each token id decodes to. <|endoftext|> counts as its 13 characters
-    for both tokenizers (BPE decodes it to that text, char-level data holds it as one symbol)."""
+    """How many UTF-8 bytes each token id decodes to (a byte-level BPE token may hold part of a
+    character: its bytes count, so a document's tokens add up to its bytes). <|endoftext|> counts as
+    its 13 characters for every tokenizer (BPE decodes it to that text, char-level data holds it as
+    one symbol)."""
     if vocab['tokenizer'] == 'char':
         return np.array([len(s.encode('utf-8')) for s in vocab['itos']], dtype=np.int64)
-    enc = get_encoding(vocab['tokenizer'])
+    enc = bpe_encoding(vocab)
     lengths = np.zeros(enc.n_vocab, dtype=np.int64)
     for i in range(enc.n_vocab):
         try:

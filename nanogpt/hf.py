@@ -11,6 +11,7 @@ import torch
 
 from model import GPT, GPT2_DEFAULTS, OPTIONS, GPTConfig, architecture_of, check_gpt2_compatible
 from nanogpt.errors import ConfigError, UserError
+from nanogpt.tokenizer import EOT, bpe_encoding, byte_symbols
 
 # Hugging Face's GPT-2 holds these weights in "Conv1D" modules, which store a Linear's weight transposed
 CONV1D_WEIGHTS = ('attn.c_attn.weight', 'attn.c_proj.weight', 'mlp.c_fc.weight', 'mlp.c_proj.weight')
@@ -59,7 +60,7 @@ def load_gpt2(name, override_args=None):
 
 def export_hf(ckpt, directory):
     """Write a checkpoint's model as a Hugging Face GPT-2 directory (config.json, model.safetensors and,
-    for GPT-2 BPE vocabularies, the tokenizer's files) that transformers' GPT2LMHeadModel loads and
+    for BPE vocabularies, the tokenizer's files) that transformers' GPT2LMHeadModel loads and
     EleutherAI's lm_eval runs. Hugging Face's GPT-2 has GPT-2's architecture only: any other option is
     refused; attn_impl, which changes how attention is computed and not what, may be any. Returns the
     files written."""
@@ -75,7 +76,10 @@ def export_hf(ckpt, directory):
     vocab = ckpt.get('vocab') or {}
     is_gpt2_bpe = vocab.get('tokenizer') in ('gpt2', 'r50k_base')  # r50k_base is GPT-2's BPE under another name
     itos = vocab.get('itos', [])
-    eot = 50256 if is_gpt2_bpe else itos.index('<|endoftext|>') if '<|endoftext|>' in itos else None
+    if vocab.get('tokenizer', 'char') != 'char':
+        eot = bpe_encoding(vocab).eot_token
+    else:
+        eot = itos.index(EOT) if EOT in itos else None
     config = {
         'architectures': ['GPT2LMHeadModel'], 'model_type': 'gpt2',
         'vocab_size': args['vocab_size'], 'n_positions': args['block_size'], 'n_ctx': args['block_size'],
@@ -103,7 +107,47 @@ def export_hf(ckpt, directory):
     save_file(weights, os.path.join(directory, 'model.safetensors'), metadata={'format': 'pt'})
     if is_gpt2_bpe:
         written += write_gpt2_tokenizer(directory, args['block_size'])
+    elif vocab.get('tokenizer', 'char') != 'char':  # a trained BPE, or another tiktoken encoding
+        text = vocab.get('tokenizer_json') or tokenizer_json_of(bpe_encoding(vocab))
+        written += write_tokenizer_json(directory, text, args['block_size'])
     return written
+
+
+def write_tokenizer_json(directory, text, max_length):
+    """A byte-level BPE's tokenizer.json, which AutoTokenizer loads as a PreTrainedTokenizerFast."""
+    with open(os.path.join(directory, 'tokenizer.json'), 'w', encoding='utf-8') as f:
+        f.write(text)
+    with open(os.path.join(directory, 'tokenizer_config.json'), 'w') as f:
+        json.dump({'tokenizer_class': 'PreTrainedTokenizerFast', 'model_max_length': max_length, 'bos_token': EOT,
+                   'eos_token': EOT, 'unk_token': EOT, 'add_prefix_space': False}, f, indent=2)
+    return ['tokenizer.json', 'tokenizer_config.json']
+
+
+def tokenizer_json_of(enc):
+    """A tiktoken encoding as a Hugging Face tokenizer.json that gives the same ids: the same split
+    pattern, then byte-level BPE whose merges are, for each token in rank order, the pairs of tokens
+    it is made of (as transformers converts tiktoken files)."""
+    symbols = byte_symbols()
+    ranks = enc._mergeable_ranks
+    name = {token: ''.join(symbols[b] for b in token) for token in ranks}
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda item: item[1]):
+        pairs = [(token[:i], token[i:]) for i in range(1, len(token))
+                 if ranks.get(token[:i], rank) < rank and ranks.get(token[i:], rank) < rank]
+        merges += [[name[a], name[b]] for a, b in sorted(pairs, key=lambda p: (ranks[p[0]], ranks[p[1]]))]
+    specials = [{'id': i, 'content': s, 'single_word': False, 'lstrip': False, 'rstrip': False,
+                 'normalized': False, 'special': True} for s, i in enc._special_tokens.items()]
+    return json.dumps({
+        'version': '1.0', 'truncation': None, 'padding': None, 'added_tokens': specials, 'normalizer': None,
+        'pre_tokenizer': {'type': 'Sequence', 'pretokenizers': [
+            {'type': 'Split', 'pattern': {'Regex': enc._pat_str}, 'behavior': 'Isolated', 'invert': False},
+            {'type': 'ByteLevel', 'add_prefix_space': False, 'trim_offsets': True, 'use_regex': False}]},
+        'post_processor': None, 'decoder': {'type': 'ByteLevel', 'add_prefix_space': True, 'trim_offsets': True,
+                                            'use_regex': True},
+        'model': {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': None,
+                  'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': False,
+                  'vocab': {**{name[t]: r for t, r in ranks.items()}, **{s: i for s, i in enc._special_tokens.items()}},
+                  'merges': merges}}, ensure_ascii=False)
 
 
 def write_gpt2_tokenizer(directory, max_length):

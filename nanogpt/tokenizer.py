@@ -1,10 +1,17 @@
 """
-A dataset's vocabulary and the text <-> token ids it defines: characters (meta.json's itos) or a
-tiktoken BPE (GPT-2's by default). The vocabulary travels from meta.json into every checkpoint, so
-sample.py and eval.py decode with exactly what the model was trained on, without the data folder.
+A dataset's vocabulary and the text <-> token ids it defines: characters (meta.json's itos), a
+tiktoken encoding by name (GPT-2's by default), or a byte-level BPE in Hugging Face's tokenizer.json
+format ('bpe': one trained on the corpus, or any such file), whose text the vocabulary carries. The
+vocabulary travels from meta.json into every checkpoint, so sample.py and eval.py decode with exactly
+what the model was trained on, without the data folder.
+
+Every BPE, a tokenizer.json one included, runs on tiktoken's encoder (bpe_encoding): for a byte-level
+BPE whose token ids follow its merge order, as a trained one's do, it gives the same ids as Hugging
+Face's own encoder (tests/test_tokenizers.py) at about 5x its speed per core (docs/data.md).
 """
 
 import codecs
+import hashlib
 import json
 import os
 import pickle
@@ -34,6 +41,96 @@ def get_encoding(name):
     return _ENCODINGS[name]
 
 
+# How a piece of text is cut before BPE merges, for trained tokenizers: GPT-4's (cl100k_base) pattern,
+# which, unlike GPT-2's, keeps numbers to 3 digits and lets a word take one leading punctuation mark
+SPLIT_PATTERN = (r"""'(?i:[sdmt]|ll|ve|re)|[^\r\n\p{L}\p{N}]?+\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]++[\r\n]*|"""
+                 r"""\s*[\r\n]|\s+(?!\S)|\s+""")
+# GPT-2's, which a ByteLevel pre-tokenizer with use_regex=True applies
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+EOT = '<|endoftext|>'
+
+
+def byte_symbols():
+    """{byte: the character that stands for it} in byte-level BPE vocabularies (GPT-2's table): the
+    printable bytes stand for themselves, the others are shifted above 255."""
+    printable = [*range(ord('!'), ord('~') + 1), *range(ord('¡'), ord('¬') + 1), *range(ord('®'), ord('ÿ') + 1)]
+    shifted = [b for b in range(256) if b not in printable]
+    return {**{b: chr(b) for b in printable}, **{b: chr(256 + i) for i, b in enumerate(shifted)}}
+
+
+def parse_tokenizer_json(text, source='tokenizer.json'):
+    """(token bytes -> id, the split pattern, the id of <|endoftext|>) of a Hugging Face tokenizer.json,
+    or a one-line error if it is not a byte-level BPE that tiktoken's encoder runs exactly as Hugging
+    Face's does: no normalizer, a ByteLevel pre-tokenizer (alone, or after a Split by a regex), token
+    ids in merge order, every byte a token, and <|endoftext|> a special token."""
+    def refuse(why):
+        return UserError(f"{source} is not a tokenizer this project can use ({why}): pass a byte-level BPE "
+                         f"tokenizer.json, such as one written by --tokenizer=bpe")
+    try:
+        tok = json.loads(text)
+        model, pre = tok['model'], tok.get('pre_tokenizer') or {}
+    except (ValueError, TypeError, KeyError):
+        raise refuse("not a Hugging Face tokenizer.json") from None
+    if model.get('type') != 'BPE':
+        raise refuse(f"its model is {model.get('type')}, not BPE")
+    if tok.get('normalizer'):
+        raise refuse("it normalizes the text, so decoding would not give back the input's bytes")
+    steps = pre.get('pretokenizers', [pre]) if pre.get('type') == 'Sequence' else [pre]
+    if steps[-1].get('type') != 'ByteLevel' or steps[-1].get('add_prefix_space'):
+        raise refuse("its pre-tokenizer does not end with a ByteLevel step without add_prefix_space")
+    if len(steps) == 1 and steps[0].get('use_regex', True):
+        pattern = GPT2_PATTERN
+    elif (len(steps) == 2 and steps[0].get('type') == 'Split' and 'Regex' in steps[0].get('pattern', {})
+          and steps[0].get('behavior') == 'Isolated' and not steps[0].get('invert')
+          and not steps[1].get('use_regex', True)):
+        pattern = steps[0]['pattern']['Regex']
+    else:
+        raise refuse("its pre-tokenizer is not ByteLevel, or a Split by a regex and then ByteLevel")
+    specials = {t['content']: t['id'] for t in tok.get('added_tokens', []) if t.get('special')}
+    if EOT not in specials:
+        raise refuse(f"it has no special token {EOT}, the document separator")
+    to_byte = {c: b for b, c in byte_symbols().items()}
+    try:
+        ranks = {bytes(to_byte[c] for c in token): i for token, i in model['vocab'].items() if token not in specials}
+    except KeyError:
+        raise refuse("a token has a character that is not a byte-level symbol") from None
+    if len(ranks) != len(model['vocab']) - sum(t in model['vocab'] for t in specials) or \
+            any(bytes([b]) not in ranks for b in range(256)):
+        raise refuse("not every byte is a token of its own")
+    try:  # the id of each merge's result, in merge order ("a b" strings in older files, [a, b] pairs in newer)
+        merged = [ranks[b''.join(bytes(to_byte[c] for c in part)
+                                 for part in (m.split(' ', 1) if isinstance(m, str) else m))] for m in model['merges']]
+    except KeyError:
+        raise refuse("a merge makes a token that is not in its vocabulary") from None
+    if any(a > b for a, b in zip(merged, merged[1:])):  # tiktoken merges the lowest id first
+        raise refuse("its token ids do not follow the order of its merges")
+    return ranks, pattern, specials[EOT]
+
+
+_BPES = {}  # tokenizer.json's sha256 -> its tiktoken Encoding, built once per process
+
+
+def bpe_encoding(vocab):
+    """The tiktoken Encoding of a BPE vocabulary: an encoding by name, or the vocabulary's tokenizer.json."""
+    if 'tokenizer_json' not in vocab:
+        return get_encoding(vocab['tokenizer'])
+    key = hashlib.sha256(vocab['tokenizer_json'].encode()).hexdigest()
+    if key not in _BPES:
+        import tiktoken
+        ranks, pattern, eot = parse_tokenizer_json(vocab['tokenizer_json'])
+        _BPES[key] = tiktoken.Encoding(f"bpe-{key[:8]}", pat_str=pattern, mergeable_ranks=ranks,
+                                       special_tokens={EOT: eot})
+    return _BPES[key]
+
+
+def describe(vocab):
+    """A vocabulary in a few words, for messages: its tokenizer, size and, for a tokenizer.json, which one."""
+    what = f"{vocab['tokenizer']}, {vocab['vocab_size']:,} tokens"
+    if 'tokenizer_json' in vocab:
+        what += f", tokenizer.json sha256 {hashlib.sha256(vocab['tokenizer_json'].encode()).hexdigest()[:12]}"
+    return what
+
+
 def read_vocab(data_dir):
     """The dataset's vocabulary from meta.json (or nanoGPT's meta.pkl): what the model must
     predict, and what a checkpoint records so that sample.py can decode without the data."""
@@ -56,7 +153,33 @@ def read_vocab(data_dir):
     vocab = {'tokenizer': meta['tokenizer'], 'vocab_size': meta['vocab_size'], 'dtype': meta.get('dtype', 'uint16')}
     if meta['tokenizer'] == 'char':
         vocab['itos'] = meta['itos']
+    elif meta['tokenizer'] == 'bpe':  # the tokenizer itself, so that checkpoints carry it
+        path = os.path.join(data_dir, meta.get('tokenizer_file', 'tokenizer.json'))
+        try:
+            with open(path, encoding='utf-8') as f:
+                vocab['tokenizer_json'] = f.read()
+        except OSError as e:
+            raise UserError(f"cannot read {path}, the dataset's tokenizer ({e.strerror}); prepare the dataset again")
+    check_bins(data_dir, meta)
     return vocab
+
+
+def check_bins(data_dir, meta):
+    """Bins that do not hold what meta.json says (a dtype edited by hand, bins of another preparation)
+    would be read as other token ids without any error: refuse them in one line, before any reader."""
+    import numpy as np
+    dtype = meta.get('dtype', 'uint16')
+    if dtype not in ('uint16', 'uint32'):
+        raise UserError(f"{data_dir}/meta.json: dtype {dtype!r} is neither uint16 nor uint32; prepare the dataset again")
+    if meta['vocab_size'] > np.iinfo(dtype).max + 1:
+        raise UserError(f"{data_dir}/meta.json: {meta['vocab_size']:,} tokens do not fit its dtype {dtype}; "
+                        f"prepare the dataset again")
+    for split in ('train', 'val'):
+        path, n = os.path.join(data_dir, f'{split}.bin'), meta.get(f'{split}_tokens')
+        if n is not None and os.path.exists(path) and os.path.getsize(path) != n * np.dtype(dtype).itemsize:
+            raise UserError(f"{path} has {os.path.getsize(path):,} bytes, but meta.json says {n:,} tokens of {dtype} "
+                            f"({n * np.dtype(dtype).itemsize:,} bytes): the bins and meta.json are not from the same "
+                            f"preparation; prepare the dataset again")
 
 
 def model_vocab_size(vocab):
@@ -68,7 +191,7 @@ def model_vocab_size(vocab):
 
 
 class Codec:
-    """Text <-> token ids for a model's vocabulary: characters (with meta.json's itos) or a tiktoken BPE."""
+    """Text <-> token ids for a model's vocabulary: characters (with meta.json's itos) or a BPE."""
 
     def __init__(self, vocab):
         self.vocab = vocab
@@ -79,7 +202,7 @@ class Codec:
             specials = sorted((s for s in self.itos if len(s) > 1), key=len, reverse=True)
             self.special_re = re.compile('|'.join(map(re.escape, specials))) if specials else None
         else:
-            self.enc = get_encoding(vocab['tokenizer'])
+            self.enc = bpe_encoding(vocab)
 
     def encode(self, text):
         if self.vocab['tokenizer'] != 'char':

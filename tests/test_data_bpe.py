@@ -130,8 +130,8 @@ def test_uint32_tokenizer_and_dtype_check(tmp_path):
     assert dtype_for(50257) == dtype_for(65535) == np.uint16 and dtype_for(65536) == dtype_for(100277) == np.uint32
     chunk = ('texts', ['hello'])
     with pytest.raises(UserError, match='does not fit'):  # ids are checked against the output dtype
-        bpe.encode_chunk(chunk, 'gpt2', np.int8, None)
-    _, ids, lens, _ = bpe.encode_chunk(chunk, 'gpt2', np.uint32, None)
+        bpe.encode_chunk(chunk, np.int8, None, {'tokenizer': 'gpt2'})
+    _, ids, lens, _ = bpe.encode_chunk(chunk, np.uint32, None, {'tokenizer': 'gpt2'})
     assert ids.dtype == np.uint32 and ids.tolist() == [31373, EOT] and lens.tolist() == [2]
 
 

@@ -19,10 +19,10 @@ def main(argv=None):
     # one file, two documents held in memory (no --chunk_size), the split its tail (no --seed)
     add_common_args(p, chunk_size=None, out_dir=HERE, val_fraction=0.1, seed=None,
                     split_unit='characters (the tail)', rows=False)
-    p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
+    bpe.add_tokenizer_args(p)
     args = p.parse_args(argv)
     check_args(args)
-    bpe.get_encoding(args.encoding)  # fail early, in one line, when the tokenizer files are missing
+    bpe.check_tokenizer(args.tokenizer, args.vocab_size)  # fail early, in one line, e.g. without tiktoken's files
     if args.input:
         if len(args.input) > 1:
             raise UserError("tiny shakespeare is one text file: pass one --input")
@@ -38,7 +38,8 @@ def main(argv=None):
         raise UserError(f"{path} is not valid UTF-8 (byte {e.start})")
     n = int(len(data) * (1 - args.val_fraction))
     corpus = Corpus(batches=[[data[:n]], [data[n:]]], name=os.path.basename(path))
-    bpe.prepare(corpus, args.out_dir, encoding=args.encoding, num_workers=args.num_workers,
+    bpe.prepare(corpus, args.out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+                tokenizer_sample=args.tokenizer_sample, num_workers=args.num_workers,
                 ray_address=args.ray_address, splits=['train', 'val'])
 
 

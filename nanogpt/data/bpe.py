@@ -1,29 +1,33 @@
-"""GPT-2 BPE (any tiktoken encoding) tokenization of corpora of any size, in one streamed pass.
+"""BPE tokenization of corpora of any size, in one streamed pass: GPT-2's (the default), any tiktoken
+encoding, a byte-level BPE trained on the corpus first (bpe_trainer.py) or read from a tokenizer.json.
 
 The engine is the char pipeline's (nanogpt/data/: sources, workers, output): the corpus is cut into chunks of about
 --chunk_size bytes of whole documents, each chunk is one Ray task, at most two tasks per worker are
 in flight, and the results come back in order. A task runs tiktoken's encode_ordinary on each
 document (special tokens in the text are treated as plain text), appends <|endoftext|> (50256 for
-GPT-2) after each, checks the ids against the output dtype and returns one compact array. Unlike the
+GPT-2, 0 for a trained BPE) after each, checks the ids against the output dtype and returns one compact array. Unlike the
 char pipeline the output length is not known before tokenizing, so this process appends the arrays,
 in order, to train.bin / val.bin: ~2 bytes per 4 bytes of text, which costs little next to the
 tokenization. Whole documents go to val.bin with probability val_fraction, by a hash of (seed,
 document index), so the bytes do not depend on the worker count or chunk size.
 """
 import itertools
+import os
 
 import numpy as np
 
-from nanogpt.data.cli import ArgumentParser, add_common_args, check_args
+from nanogpt.data import bpe_trainer
+from nanogpt.data.cli import ArgumentParser, add_common_args, check_args, parse_size
 from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mask, write_error
 from nanogpt.data.sources import Corpus, check_inputs, chunk_documents, chunk_progress, load_hf_dataset
 from nanogpt.data.workers import Speed, Workers, choose_workers
 from nanogpt.errors import UserError
-from nanogpt.tokenizer import get_encoding
+from nanogpt.tokenizer import bpe_encoding, get_encoding, parse_tokenizer_json
 
 # Measured with bench/prepare_bpe.py (GPT-2, C4 web text; docs/data.md, "Choosing the workers"), for --num_workers auto
 SPEED = Speed(mb_per_s=12.7, ray_efficiency=0.7, gil_share=0.2)
 BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
+TOKENIZER_SAMPLE = 100 * 10**6  # bytes a trained tokenizer learns from (docs/data.md, "Training a tokenizer")
 
 
 def encode_ordinary(enc, text):
@@ -36,9 +40,33 @@ def encode_ordinary(enc, text):
                                    disallowed_special=())
 
 
-def encode_chunk(chunk, encoding, dtype, split):
+def check_tokenizer(name, vocab_size=None):
+    """The vocabulary (nanogpt/tokenizer.py) that --tokenizer names, or None for 'bpe', which is trained on
+    the corpus later; a one-line error, before any work starts, for what cannot work."""
+    if name == 'bpe':
+        bpe_trainer.check_vocab_size(vocab_size)
+        return None
+    if vocab_size is not None:
+        raise UserError(f"--vocab_size is the size of a tokenizer to train (--tokenizer=bpe); {name}'s is fixed")
+    if name.endswith('.json') or os.sep in name:  # a tokenizer.json, e.g. one trained for another dataset
+        try:
+            with open(name, encoding='utf-8') as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read the tokenizer {name} ({getattr(e, 'strerror', None) or e})") from None
+        ranks, _, eot = parse_tokenizer_json(text, name)
+        return {'tokenizer': 'bpe', 'vocab_size': max(eot, *ranks.values()) + 1, 'tokenizer_json': text}
+    import tiktoken
+    if name not in tiktoken.list_encoding_names():
+        raise UserError(f"unknown tokenizer {name!r}: use gpt2, another tiktoken encoding "
+                        f"({', '.join(n for n in tiktoken.list_encoding_names() if n != 'gpt2')}), bpe (trained on "
+                        f"the corpus, with --vocab_size) or the path of a tokenizer.json")
+    return {'tokenizer': name, 'vocab_size': get_encoding(name).n_vocab}  # fails here without tiktoken's files
+
+
+def encode_chunk(chunk, dtype, split, vocab):
     """One task: (bytes read, token ids with <|endoftext|> after each document, tokens per document, split)."""
-    enc = get_encoding(encoding)
+    enc = bpe_encoding(vocab)
     docs = chunk_documents(chunk)
     eot = np.array([enc.eot_token], np.uint32)
     tokens = [encode_ordinary(enc, d) for d in docs]
@@ -49,16 +77,23 @@ def encode_chunk(chunk, encoding, dtype, split):
     return chunk_progress(chunk, sum(map(len, docs))), ids.astype(dtype), lens, split
 
 
-def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, num_workers=1, chunk_size=1 << 20,
-            ray_address=None, max_tokens=None, splits=None):
-    """Write out_dir/train.bin, val.bin and meta.json for a Corpus. num_workers: a number or 'auto'
-    (workers.choose_workers). splits, if given, names the split of each chunk ('train' / 'val') instead
-    of the seeded split by documents (tiny shakespeare's 90/10)."""
-    enc = get_encoding(encoding)  # fail here, in one line, before any work starts
+def prepare(corpus, out_dir, tokenizer='gpt2', vocab_size=None, tokenizer_sample=TOKENIZER_SAMPLE, val_fraction=0.0005,
+            seed=2357, num_workers=1, chunk_size=1 << 20, ray_address=None, max_tokens=None, splits=None):
+    """Write out_dir/train.bin, val.bin and meta.json (and tokenizer.json for a byte-level BPE) for a
+    Corpus. tokenizer: as --tokenizer (check_tokenizer); 'bpe' trains one of vocab_size tokens on the
+    first tokenizer_sample bytes. num_workers: a number or 'auto' (workers.choose_workers). splits, if
+    given, names the split of each chunk ('train' / 'val') instead of the seeded split by documents
+    (tiny shakespeare's 90/10)."""
+    vocab = check_tokenizer(tokenizer, vocab_size)  # fail here, in one line, before any work starts
+    trained = None
+    if vocab is None:
+        text, trained = bpe_trainer.train(corpus, vocab_size, tokenizer_sample)
+        vocab = {'tokenizer': 'bpe', 'vocab_size': vocab_size, 'tokenizer_json': text}
+    enc = bpe_encoding(vocab)
     dtype = dtype_for(enc.n_vocab)
     n_docs, written, total = 0, {'train': 0, 'val': 0}, 0
     chunks = corpus.chunks(chunk_size)
-    args = ((c, encoding, dtype, s) for c, s in zip(chunks, splits or itertools.repeat(None)))
+    args = ((c, dtype, s) for c, s in zip(chunks, splits or itertools.repeat(None)))
     n_bytes = corpus.text_bytes()
     if max_tokens is not None:  # the work is what the budget needs
         n_bytes = min(n_bytes or float('inf'), int(max_tokens * BYTES_PER_TOKEN))
@@ -67,7 +102,8 @@ def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, nu
         files = {s: out.open(s) for s in ('train', 'val')}
         try:
             with progress(max_tokens, 'tokenize', unit='tok') as bar:
-                for nbytes, ids, lens, split in workers.map(encode_chunk, args):
+                # the vocabulary (up to a few MB of tokenizer.json) goes to Ray's workers once
+                for nbytes, ids, lens, split in workers.map(encode_chunk, args, shared=(vocab,)):
                     full = max_tokens is not None and sum(written.values()) + len(ids) >= max_tokens
                     if full:  # whole documents only, up to the budget, and nothing after them
                         keep = int(np.searchsorted(np.cumsum(lens), max_tokens - sum(written.values()), 'right'))
@@ -99,11 +135,16 @@ def prepare(corpus, out_dir, encoding='gpt2', val_fraction=0.0005, seed=2357, nu
                         pass  # an error is already on its way
         if n_docs == 0:
             raise UserError(f"no documents found in {corpus.name}")
-        meta = dict(tokenizer=encoding, vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name, eot_token=enc.eot_token,
-                    train_tokens=written['train'], val_tokens=written['val'], documents=n_docs, source=corpus.name,
-                    val_fraction=None if splits else val_fraction, seed=None if splits else seed)
-        out.commit(meta)
-    print(f"wrote {out_dir}: {encoding}, train {written['train']:,} tokens, val {written['val']:,} tokens, "
+        meta = dict(tokenizer=vocab['tokenizer'], vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,
+                    eot_token=enc.eot_token, train_tokens=written['train'], val_tokens=written['val'], documents=n_docs,
+                    source=corpus.name, val_fraction=None if splits else val_fraction, seed=None if splits else seed)
+        files = {}
+        if 'tokenizer_json' in vocab:
+            meta['tokenizer_file'] = 'tokenizer.json'
+            meta['tokenizer_source'] = tokenizer if trained is None else dict(trained_on=corpus.name, **trained)
+            files['tokenizer.json'] = vocab['tokenizer_json']
+        out.commit(meta, files)
+    print(f"wrote {out_dir}: {vocab['tokenizer']} ({enc.n_vocab:,} tokens), train {written['train']:,} tokens, val {written['val']:,} tokens, "
           f"{n_docs:,} documents from {total / 1e6:.1f} MB")
     return meta
 
@@ -116,9 +157,21 @@ def write(f, ids):
         raise write_error(f.name, e) from None
 
 
+def add_tokenizer_args(p):
+    """--tokenizer and the options of a trained one, for every BPE script."""
+    p.add_argument('--tokenizer', '--encoding', default='gpt2', metavar='NAME',
+                   help="gpt2 (default), another tiktoken encoding (e.g. cl100k_base), bpe: a byte-level BPE trained "
+                        "on the corpus (with --vocab_size), or the path of a byte-level BPE tokenizer.json")
+    p.add_argument('--vocab_size', type=int, default=None, metavar='N',
+                   help='with --tokenizer=bpe: the vocabulary size to train, <|endoftext|> and the 256 bytes included')
+    p.add_argument('--tokenizer_sample', type=parse_size, default=TOKENIZER_SAMPLE, metavar='SIZE',
+                   help='with --tokenizer=bpe: train on the first SIZE bytes of documents (default: 100M)')
+    return p
+
+
 def add_args(p):
     """The BPE scripts' options on top of cli.add_common_args."""
-    p.add_argument('--encoding', default='gpt2', help='tiktoken encoding (default: %(default)s)')
+    add_tokenizer_args(p)
     p.add_argument('--max_tokens', type=lambda x: int(float(x)), default=None,
                    help='stop after this many tokens (train + val), at a document boundary')
     p.add_argument('--streaming', action='store_true',
@@ -146,12 +199,13 @@ def prepare_hf_corpus(description, out_dir, dataset, config=None, argv=None):
         raise UserError(f"{', '.join('--' + o for o in dataset_only)} appl{'y' if len(dataset_only) > 1 else 'ies'} "
                         f"to a Hugging Face dataset, not to --input files: pass one or the other")
     dataset, config = args.dataset or dataset, getattr(args, 'config', None) or config
-    get_encoding(args.encoding)  # fail early, in one line, when the tokenizer files are missing
+    check_tokenizer(args.tokenizer, args.vocab_size)  # fail early, in one line, e.g. when tiktoken's files are missing
     if args.input:
         corpus = Corpus(check_inputs(args.input, text_field=args.text_field), text_field=args.text_field)
     else:
         ds = load_hf_dataset(dataset, config, split='train', streaming=args.streaming, revision=args.revision)
         corpus = Corpus(dataset=ds, name=f"{dataset}/{config}" if config else dataset, text_field=args.text_field)
-    prepare(corpus, args.out_dir, encoding=args.encoding, val_fraction=args.val_fraction, seed=args.seed,
+    prepare(corpus, args.out_dir, tokenizer=args.tokenizer, vocab_size=args.vocab_size,
+            tokenizer_sample=args.tokenizer_sample, val_fraction=args.val_fraction, seed=args.seed,
             num_workers=args.num_workers, chunk_size=args.chunk_size, ray_address=args.ray_address,
             max_tokens=args.max_tokens)

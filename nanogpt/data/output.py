@@ -98,13 +98,17 @@ class Output:
             except OSError as e:
                 raise write_error(self.tmp[split], e) from None
 
-    def commit(self, meta):
-        """Move the finished bins into place, then meta.json. (A kill between these few renames can leave
-        new bins beside an old meta.json: prepare again.)"""
+    def commit(self, meta, files=None):
+        """Move the finished bins into place, then write files ({name: text}, e.g. tokenizer.json) and
+        meta.json. (A kill between these few renames can leave new bins beside an old meta.json: prepare
+        again.)"""
         path = os.path.join(self.out_dir, 'meta.json')
         try:
             for s in ('train', 'val'):
                 commit(self.tmp[s], self.final[s])
+            for name, text in (files or {}).items():
+                with atomic_write(os.path.join(self.out_dir, name)) as f:
+                    f.write(text.encode('utf-8'))
             with atomic_write(path, 'w') as f:
                 json.dump(meta, f, ensure_ascii=False)
         except OSError as e:
