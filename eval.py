@@ -20,7 +20,7 @@ from nanogpt.batches import check_token_file
 from nanogpt.device import autocast_context, resolve_device, resolve_dtype
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.loading import load_model, source_of
-from nanogpt.tokenizer import Codec, describe, read_vocab
+from nanogpt.tokenizer import Codec, describe_vocab, read_vocab
 
 # -----------------------------------------------------------------------------
 init_from = 'resume'  # 'resume' (out_dir/ckpt.pt or ckpt/), a checkpoint file or sharded directory, a gpt2 variant (e.g. 'gpt2-xl') or a HF GPT-2 dir
@@ -77,8 +77,8 @@ def main(argv):
         data_dir = os.path.join('data', name)
         data_vocab = read_vocab(data_dir)
         if any(data_vocab.get(k) != vocab.get(k) for k in ('tokenizer', 'vocab_size', 'itos', 'tokenizer_json')):
-            raise UserError(f"the vocabulary in {data_dir} ({describe(data_vocab)}) differs from the model's "
-                            f"({describe(vocab)}): pass the --dataset it was trained on")
+            raise UserError(f"the vocabulary in {data_dir} ({describe_vocab(data_vocab)}) differs from the model's "
+                            f"({describe_vocab(vocab)}): pass the --dataset it was trained on")
         val_path = os.path.join(data_dir, 'val.bin')
         check_token_file(val_path, data_vocab['dtype'], 1, name)
     if 'hellaswag' in names:

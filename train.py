@@ -29,7 +29,7 @@ from nanogpt.device import autocast_context, check_compiler, device_peak_flops, 
 from nanogpt.errors import ConfigError, UserError
 from nanogpt.loading import Source, architecture_config, build_model, source_of
 from nanogpt.runlog import RunLog, provenance
-from nanogpt.tokenizer import Codec, describe, model_vocab_size, read_vocab
+from nanogpt.tokenizer import Codec, describe_vocab, model_vocab_size, read_vocab
 
 # -----------------------------------------------------------------------------
 # default config values, designed to train a GPT-2 (124M) on OpenWebText
@@ -216,9 +216,9 @@ def adopt_architecture(cfg, model, source, ckpt, vocab, data_dir, log):
     win over the config's, with a note); the config can only shrink the context, and the data must have the
     checkpoint's vocabulary. cfg records the model that runs."""
     if ckpt is not None and ckpt.get('vocab') not in (None, vocab):
-        raise UserError(f"the vocabulary in {data_dir}/meta.json ({describe(vocab)}) differs from the checkpoint's "
-                        f"in {source.path} ({describe(ckpt['vocab'])}): train on the dataset the checkpoint was "
-                        f"trained on")
+        raise UserError(f"the vocabulary in {data_dir}/meta.json ({describe_vocab(vocab)}) differs from the "
+                        f"checkpoint's in {source.path} ({describe_vocab(ckpt['vocab'])}): train on the dataset the "
+                        f"checkpoint was trained on")
     if cfg.block_size > model.config.block_size:
         raise UserError(f"block_size={cfg.block_size} is larger than the checkpoint's "
                         f"{model.config.block_size}; use --block_size={model.config.block_size} or less")

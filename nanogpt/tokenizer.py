@@ -123,7 +123,7 @@ def bpe_encoding(vocab):
     return _BPES[key]
 
 
-def describe(vocab):
+def describe_vocab(vocab):
     """A vocabulary in a few words, for messages: its tokenizer, size and, for a tokenizer.json, which one."""
     what = f"{vocab['tokenizer']}, {vocab['vocab_size']:,} tokens"
     if 'tokenizer_json' in vocab:
