@@ -151,3 +151,21 @@ def test_out_dir_that_is_a_file_is_one_line(tmp_path, script):
         assert_one_line_error(r, str(out), '--out_dir must be a directory')
         assert len(r.stderr.strip().splitlines()) == 1, r.stderr  # found before any work started
     assert not_a_dir.read_text() == 'mine'
+
+
+def test_a_killed_runs_temporary_bins_are_removed_by_the_next_run(tmp_path):
+    """A SIGKILLed prepare leaves its hidden .train.bin.<host>.<pid>.tmp behind; the next run into the same
+    folder removes it, but not the files of a run still writing, nor another host's (whose process it cannot see)."""
+    import socket
+    out = tmp_path / 'o'
+    out.mkdir()
+    dead = subprocess.Popen([sys.executable, '-c', 'pass'])
+    dead.wait()
+    host = socket.gethostname()
+    killed = [out / f'.{s}.bin.{host}.{dead.pid}.tmp' for s in ('train', 'val')]
+    kept = [out / f'.train.bin.{host}.{os.getppid()}.tmp', out / f'.train.bin.other-host.{dead.pid}.tmp']
+    for p in killed + kept:
+        p.write_bytes(b'\0' * 10)
+    char.prepare(Corpus([str(write_corpus(tmp_path / 's.txt', stories(20)))]), out, stories=True, val_fraction=0.1)
+    assert not any(p.exists() for p in killed) and all(p.exists() for p in kept)
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith('.')) == sorted(p.name for p in kept)

@@ -5,8 +5,10 @@ val.bin / meta.json, written to hidden temporary files and moved into place only
 """
 
 import errno
+import glob
 import json
 import os
+import socket
 import sys
 
 import numpy as np
@@ -67,11 +69,14 @@ class Output:
     def __init__(self, out_dir):
         self.out_dir = out_dir
         self.final = {s: os.path.join(out_dir, f'{s}.bin') for s in ('train', 'val')}
-        self.tmp = {s: os.path.join(out_dir, f'.{s}.bin.{os.getpid()}.tmp') for s in ('train', 'val')}
+        # the host and process in the name tell a killed run's files from those of a run still writing
+        tag = f'{socket.gethostname()}.{os.getpid()}'
+        self.tmp = {s: os.path.join(out_dir, f'.{s}.bin.{tag}.tmp') for s in ('train', 'val')}
         try:
             os.makedirs(out_dir, exist_ok=True)
         except OSError as e:
             raise write_error(out_dir, e) from None
+        remove_stale(out_dir)
         for s in ('train', 'val'):
             with self.open(s):
                 pass
@@ -113,6 +118,28 @@ class Output:
                 json.dump(meta, f, ensure_ascii=False)
         except OSError as e:
             raise write_error(e.filename or path, e) from None
+
+
+def remove_stale(out_dir):
+    """Delete the temporary bins of earlier runs into out_dir that were killed (SIGKILL, a lost node): those
+    of this host whose process is gone. Another host's are left alone: their process cannot be seen here."""
+    host = socket.gethostname()
+    for path in glob.glob(os.path.join(glob.escape(out_dir), '.*.bin.*.tmp')):
+        name_host, _, pid = os.path.basename(path).split('.bin.', 1)[1][:-len('.tmp')].rpartition('.')
+        if name_host != host or not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running (another prepare into the same folder)
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue  # another user's process
+        try:
+            os.remove(path)
+            print(f"removed {path}, left by a run that was killed", file=sys.stderr)
+        except OSError:
+            pass
 
 
 def write_at(f, offset, arr):
