@@ -324,15 +324,14 @@ def main(argv):
     sharded_ckpt = cfg.parallelism == 'fsdp'
     sharded_model = sharded_ckpt and launch.ddp
     run_lock = None
-    with distributed.fail_together(launch):  # what rank 0 alone checks stops every rank, with the same line
-        if master:
-            check_writable(cfg.out_dir)
-            if not cfg.eval_only:  # one training run per out_dir: a second one stops here (see runlock.py)
-                run_lock = runlock.acquire(cfg.out_dir, log=print0)
+    if master:  # (what fails on one rank stops them all: see distributed.stop_every_rank_on_failure)
+        check_writable(cfg.out_dir)
+        if not cfg.eval_only:  # one training run per out_dir: a second one stops here (see runlock.py)
+            run_lock = runlock.acquire(cfg.out_dir, log=print0)
     run_info = provenance(device)
     print0(f"code {run_info['code_version']}, launched as {launch.launcher} with {launch.world_size} rank(s) on {device}")
-    hosts = ' '.join(distributed.all_gather(os.uname().nodename, launch))  # a collective: on every rank
-    print0(f"hosts by rank: {hosts}" + (f"; rendezvous at {launch.master_addr}:{launch.master_port}" * launch.ddp))
+    print0(f"hosts by rank: {' '.join(distributed.rank_hosts)}" +
+           (f"; rendezvous at {launch.master_addr}:{launch.master_port}" * launch.ddp))
     print0(f"config {json.dumps(vars(cfg))}")
     print0(f"tokens per iteration will be: {tokens_per_iter:,}")
     autocast = autocast_context(device_type, cfg.dtype)
@@ -348,8 +347,7 @@ def main(argv):
                                   cfg.batch_size, device, loader_generator)
     hellaswag = None
     if cfg.hellaswag_interval:  # read and tokenized once, before the model: an offline machine without it stops here
-        with distributed.fail_together(launch):  # a download that fails on one rank stops them all
-            hellaswag = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), log=print0)
+        hellaswag = evaluation.load_hellaswag(cfg.hellaswag_file, Codec(vocab), log=print0)
 
     # -------------------------------------------------------------------------
     # model
@@ -394,7 +392,8 @@ def main(argv):
     finite = FiniteLoss(device, launch)
 
     def save_checkpoint(name):
-        """Every rank calls this: it gathers their random states, and each learns whether the write succeeded."""
+        """Every rank calls this: it gathers their random states. A failed write raises a UserError, which
+        stops every rank with its cause (distributed.stop_every_rank_on_failure)."""
         finite.check(iter_num)  # never overwrite a good checkpoint with a NaN model
         path = os.path.join(cfg.out_dir, name.removesuffix('.pt') if sharded_ckpt else name)
         state = {'scaler': scaler.state_dict(), 'model_args': checkpoint.check_json(model_args), 'iter_num': iter_num,
@@ -402,14 +401,9 @@ def main(argv):
                  'provenance': checkpoint.check_json(run_info), 'vocab': checkpoint.check_json(vocab),
                  'rng': distributed.all_gather(checkpoint.rng_state(loader_generator, device), launch),
                  'format_version': checkpoint.FORMAT_VERSION}
-        error = None
         if master or sharded_ckpt:  # rank 0 writes the file; with fsdp every rank writes its shards
             print0(f"saving checkpoint to {path}")
-            try:
-                checkpoint.save_training_state(path, raw_model, optimizer, state, sharded_ckpt)
-            except UserError as e:
-                error = e
-        distributed.share_failure(error, launch)  # a failed write stops every rank now, with its cause
+            checkpoint.save_training_state(path, raw_model, optimizer, state, sharded_ckpt)
         if name == 'ckpt.pt':
             finite.last_good_ckpt = path
 
@@ -532,4 +526,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-    configurator.run(distributed.explain_lost_ranks(main), sys.argv[1:])
+    configurator.run(distributed.stop_every_rank_on_failure(main), sys.argv[1:])

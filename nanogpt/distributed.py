@@ -23,7 +23,12 @@ import functools
 import os
 import re
 import signal
+import socket
 import subprocess
+import sys
+import threading
+import time
+import traceback
 from dataclasses import dataclass
 
 import torch
@@ -116,6 +121,8 @@ def first_host(nodelist):
 # A CPU process group for the stop flag: polling it over NCCL would make the CPU wait for the
 # GPU every iteration; over gloo it is one small message and the GPU keeps its queue.
 _cpu_group = None
+rank_hosts = [os.uname().nodename]  # every rank's host name, in rank order (setup() gathers them)
+_board = None  # the FailureBoard of a run with several ranks
 
 
 def setup(launch, device, backend='auto', timeout_s=600):
@@ -141,16 +148,31 @@ def setup(launch, device, backend='auto', timeout_s=600):
     os.environ.setdefault('MASTER_ADDR', launch.master_addr)
     os.environ.setdefault('MASTER_PORT', str(launch.master_port))
     timeout = datetime.timedelta(seconds=timeout_s)
-    dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+    try:
+        dist.init_process_group(backend=backend, rank=launch.rank, world_size=launch.world_size, timeout=timeout)
+    except RuntimeError as e:  # DistError (a peer never came) included; gloo's own errors are plain RuntimeErrors
+        interfaces = ', '.join(f"{k}={os.environ[k]}" for k in ('GLOO_SOCKET_IFNAME', 'NCCL_SOCKET_IFNAME')
+                               if k in os.environ)
+        raise UserError(f"rank {launch.rank} on {os.uname().nodename} could not join the other ranks at "
+                        f"{os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']} ({_gist(e)}): check that all of "
+                        f"them started and reach that address" + (f", and that {interfaces} names this host's "
+                                                                   f"network interface" if interfaces else "")) from None
     _cpu_group = None if backend == 'gloo' else dist.new_group(backend='gloo', timeout=timeout)
+    global rank_hosts, _board
+    rank_hosts = [None] * launch.world_size
+    dist.all_gather_object(rank_hosts, os.uname().nodename, group=_cpu_group)
+    _board = FailureBoard(launch)
     return device
 
 
 def cleanup(launch):
+    global _board
     if launch.ddp and dist.is_initialized():
         # wait for every rank (rank 0 may still be writing a checkpoint): tearing down a gloo
         # group while a peer still uses it can abort the process ("terminate called ...")
         dist.barrier()
+        _board.close()  # after the barrier: no rank can fail any more
+        _board = None
         dist.destroy_process_group()
 
 
@@ -170,39 +192,6 @@ def all_gather(obj, launch):
     gathered = [None] * launch.world_size
     dist.all_gather_object(gathered, obj)
     return gathered
-
-
-def share_failure(error, launch):
-    """Every rank passes the error it met (or None); then every rank raises the first one, so
-    that all stop at once with the same one-line cause. Without this, a rank that fails alone
-    (rank 0 writing a checkpoint to a full disk) leaves the others waiting at their next
-    collective: with gloo they blame lost contact, with NCCL they wait for ddp_timeout first.
-    A collective (one small message over the CPU group): call it on every rank at the same
-    point, where the run would stop anyway or is rare (start-up, saving), never per step."""
-    if launch.ddp:
-        # a UserError travels as itself; a bug as a line, and its own rank keeps the traceback
-        mine = error if isinstance(error, UserError) or error is None else \
-            UserError(f"rank {launch.rank} failed ({type(error).__name__}: {error}); see its traceback")
-        everyone = [None] * launch.world_size
-        dist.all_gather_object(everyone, mine, group=_cpu_group)
-        first = next((e for e in everyone if e is not None), None)
-        if first is not None and (error is None or isinstance(error, UserError)):
-            raise first from None
-    if error is not None:
-        raise error
-
-
-@contextlib.contextmanager
-def fail_together(launch):
-    """`with fail_together(launch):` around a block that may fail on some ranks only (what only
-    rank 0 checks or writes): every rank enters it, and if it fails anywhere, it fails everywhere
-    with the same error (see share_failure)."""
-    error = None
-    try:
-        yield
-    except Exception as e:
-        error = e
-    share_failure(error, launch)
 
 
 def shard_model(model, dtype, compile_blocks=False):
@@ -274,30 +263,127 @@ def _bytes(n):
         n /= 1024
 
 
-def explain_lost_ranks(main):
-    """Wrap main so that losing another rank (it crashed, was killed, or hung for longer than
-    ddp_timeout) ends this one with a one-line error instead of a traceback from deep inside
-    a collective. Other errors pass through unchanged."""
+class FailureBoard:
+    """One rank's failure, seen by every rank within moments, however busy or stuck they are.
+
+    A rank that fails posts one line (its rank, its host and the cause) to the key-value store that
+    the ranks met at (the TCPStore at MASTER_ADDR:MASTER_PORT). Every rank runs a thread that waits
+    on it; the others print that line and exit at once. They exit from the thread (os._exit) because
+    their main thread may be inside a collective that waits for the failed rank: until ddp_timeout
+    with gloo, and under NCCL possibly for good. The failing rank waits until the others have read
+    the line before it exits, since its exit can take the store with it (under srun, rank 0 hosts it).
+    Checkpoints are written atomically, so a rank that exits mid-save leaves the previous one whole."""
+
+    def __init__(self, launch):
+        # keys of their own per torchrun restart: its store outlives the workers of a failed attempt
+        prefix = f"nanogpt/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+        self.failure_key, self.seen_key = f'{prefix}/failure', f'{prefix}/seen'
+        self.wake_keys = [f'{prefix}/wake/{rank}' for rank in range(launch.world_size)]
+        self.rank, self.world_size = launch.rank, launch.world_size
+        self.posted = self.closing = False
+        # two connections of their own: a store client serves one call at a time, and the watcher's
+        # wait blocks its connection for the whole run
+        self.store, self.watched = (dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']),
+                                                  is_master=False, wait_for_workers=False,
+                                                  timeout=datetime.timedelta(days=365)) for _ in range(2))
+        self.watcher = threading.Thread(target=self._watch, name='failure-board', daemon=True)
+        self.watcher.start()
+
+    def _watch(self):
+        try:
+            self.watched.wait([self.wake_keys[self.rank]])
+            if self.closing:
+                return
+            line = self.watched.get(self.failure_key).decode()
+        except RuntimeError:  # the store is gone (rank 0 ended): the main thread's next collective says so
+            return
+        if not self.posted:  # (a rank that posted too reports the winning line from its main thread)
+            print(f"error: {line}", file=sys.stderr, flush=True)
+        with contextlib.suppress(RuntimeError):
+            self.watched.add(self.seen_key, 1)
+        if not self.posted:
+            os._exit(1)
+
+    def post(self, line, wait_s=10):
+        """Tell every other rank that this one failed, and wait (at most wait_s: a rank that is already
+        gone never answers) until they have read it. Returns the line they were told: another rank's
+        if it posted first."""
+        self.posted = True
+        try:
+            told = self.store.compare_set(self.failure_key, '', line).decode()
+            if told == line:
+                for rank, key in enumerate(self.wake_keys):
+                    if rank != self.rank:
+                        self.store.set(key, '')
+                deadline = time.time() + wait_s
+                while self.store.add(self.seen_key, 0) < self.world_size - 1 and time.time() < deadline:
+                    time.sleep(0.02)
+            return told
+        except RuntimeError:  # the store is gone: rank 0 ended, and every rank learns it from its collectives
+            return line
+
+    def failure(self):
+        """The line another rank posted, if one did."""
+        with contextlib.suppress(RuntimeError):
+            if self.store.check([self.failure_key]):
+                return self.store.get(self.failure_key).decode()
+        return None
+
+    def close(self):
+        if self.closing:
+            return
+        self.closing = True
+        with contextlib.suppress(RuntimeError):
+            self.store.set(self.wake_keys[self.rank], '')
+        self.watcher.join(timeout=5)
+
+
+def _gist(error):
+    """The fact in a distributed error: gloo's messages start with a source location and go on with advice."""
+    return re.sub(r'^\[[^\]]*\]\s*', '', ' '.join(str(error).split())).split('. ')[0][:200]
+
+
+def _lost_peer(error):
+    """'rank R on HOST' for the peer a collective lost, where the error or the world size tells which."""
+    others = [rank for rank in range(len(rank_hosts)) if rank != dist.get_rank()]
+    if len(others) == 1:
+        return f"rank {others[0]} on {rank_hosts[others[0]]}"
+    addresses = set(re.findall(r'\[([0-9a-fA-F.:]+)\]:\d+', str(error)))
+    for rank in others:
+        with contextlib.suppress(OSError):
+            if socket.gethostbyname(rank_hosts[rank]) in addresses:
+                return f"rank {rank} on {rank_hosts[rank]}"
+    return "the other ranks"
+
+
+def stop_every_rank_on_failure(main):
+    """Wrap main so that a failure on any rank ends every rank promptly, all with the same one line
+    that names the rank, its host and the cause. A bug keeps its traceback on the rank that met it.
+    A rank that loses contact with another (killed, partitioned, hung past ddp_timeout) says which."""
     lost = re.compile(r'closed by peer|reset by peer|broken pipe|timed out|timeout|connection refused', re.I)
 
     @functools.wraps(main)
     def wrapper(*args, **kwargs):
         try:
             return main(*args, **kwargs)
-        except RuntimeError as e:  # gloo raises plain RuntimeErrors; DistError is a subclass
-            if not (dist.is_available() and (dist.is_initialized() or isinstance(e, dist.DistError))):
+        except Exception as e:
+            if _board is None:  # one process, or not joined yet
                 raise
-            if not (isinstance(e, dist.DistError) or lost.search(str(e))):
-                raise
-            # gloo's messages start with its source location and go on with advice; keep the fact
-            detail = re.sub(r'^\[[^\]]*\]\s*', '', ' '.join(str(e).split())).split('. ')[0][:200]
-            if not dist.is_initialized():  # still joining
-                raise UserError(f"could not connect to the other ranks ({detail}): check that all of them "
-                                f"started and reach MASTER_ADDR:MASTER_PORT ({os.environ.get('MASTER_ADDR')}:"
-                                f"{os.environ.get('MASTER_PORT')})") from None
-            raise UserError(f"rank {dist.get_rank()} lost contact with the other ranks ({detail}). Another rank "
-                            f"crashed, was killed or hung longer than ddp_timeout: see its log, then restart "
-                            f"with --init_from=resume") from None
+            here = f"rank {dist.get_rank()} on {rank_hosts[dist.get_rank()]}"
+            if isinstance(e, RuntimeError) and (isinstance(e, dist.DistError) or lost.search(str(e))):
+                # most likely the consequence of another rank's failure: report its cause if it posted one
+                line = _board.failure() or (
+                    f"{here} lost contact with {_lost_peer(e)} ({_gist(e)}): it crashed, was killed, or hung "
+                    f"or was cut off for longer than ddp_timeout; see its log, then resubmit the job (it resumes)")
+            else:
+                cause = str(e) if isinstance(e, UserError) else f"failed with {type(e).__name__}: {_gist(e)}"
+                if not isinstance(e, UserError):
+                    traceback.print_exc()
+                line = _board.post(f"{here}: {cause}")
+            raise UserError(line) from None
+        finally:
+            if _board is not None:  # stop the watcher before the store's end can raise in it at exit
+                _board.close()
     return wrapper
 
 

@@ -94,8 +94,8 @@ def jobs(cluster):
     tests end, passed or failed."""
     submitted = []
 
-    def submit(workdir, *args, options=(), nodes=TWO_NODES):
-        env = clean_env(PYTHON=sys.executable, CODE_DIR=str(REPO), OUT_DIR='out')
+    def submit(workdir, *args, options=(), nodes=TWO_NODES, code_dir=REPO):
+        env = clean_env(PYTHON=sys.executable, CODE_DIR=str(code_dir), OUT_DIR='out')
         proc = subprocess.run(['sbatch', '--parsable', *nodes, *options, f'--chdir={workdir}',
                                f'--output={workdir}/slurm-%j.out', str(REPO / 'slurm' / 'train_gpt2.sbatch'), *args],
                               cwd=workdir, env=env, capture_output=True, text=True, timeout=60, check=False)
@@ -142,19 +142,19 @@ def log_of(workdir, job_id):
 
 def wait_for_training(job_id, log, timeout=120):
     """Until the job's log shows training iterations (a fault must land mid-run)."""
-    wait_for(job_id, lambda info: log.exists() and re.search(r'^iter \d+:', log.read_text(), re.M)
+    wait_for(job_id, lambda info: log.exists() and re.search(r'^iter \d+:', log.read_text(), re.MULTILINE)
              or info.get('JobState') in ENDED, 'start training', timeout)
     assert job_info(job_id)['JobState'] == 'RUNNING', log.read_text()
 
 
 def ranks_hosts(log):
     """The hosts train.py's rank 0 names for the ranks, in rank order, and the rendezvous address."""
-    m = re.search(r'^hosts by rank: ([\w ]+); rendezvous at (\S+)$', log, re.M)
+    m = re.search(r'^hosts by rank: ([\w ]+); rendezvous at (\S+)$', log, re.MULTILINE)
     assert m, log
     return m[1].split(), m[2]
 
 
-def training_pids(host, workdir):
+def training_pids(host, workdir, script=REPO / 'train.py'):
     """The train.py processes that run on a host (in its network namespace) for this working directory."""
     pids = subprocess.run(['ip', 'netns', 'pids', f'c2-{host}'], capture_output=True, text=True, check=False).stdout.split()
     found = []
@@ -162,7 +162,7 @@ def training_pids(host, workdir):
         try:
             cmdline = Path(f'/proc/{pid}/cmdline').read_bytes().split(b'\0')
             # python train.py, not the srun that started it (its command line names train.py too)
-            if cmdline[1:2] == [str(REPO / 'train.py').encode()] and os.readlink(f'/proc/{pid}/cwd') == str(workdir):
+            if cmdline[1:2] == [str(script).encode()] and os.readlink(f'/proc/{pid}/cwd') == str(workdir):
                 found.append(int(pid))
         except OSError:
             continue  # ended meanwhile
@@ -266,12 +266,16 @@ def lost_host_run(jobs, workdir, fault, restore=lambda: None):
 
 
 def assert_one_line_about_lost_contact(text):
-    """Rank 0's error, one line; rank 1 may have written its own (when its link came back), nothing else."""
+    """Rank 0's error, one line that names the rank and host it lost; rank 1 may have written its own
+    (when its link came back), nothing else."""
     errors = [line for line in text.splitlines() if line.startswith('error:')]
-    ranks = [int(m[1]) for line in errors if (m := re.match(r'error: rank (\d) lost contact with the other ranks', line))]
-    assert len(ranks) == len(errors) and sorted(set(ranks)) == sorted(ranks) and 0 in ranks, text
+    lost = {'error: rank 0 on node1 lost contact with rank 1 on node2 (',
+            'error: rank 1 on node2 lost contact with rank 0 on node1 ('}
+    assert errors and all(line[:len(next(iter(lost)))] in lost for line in errors), text
+    assert len(errors) == len({line[:13] for line in errors}), text  # one line per rank
     assert 'Traceback' not in text, text
-    return errors[ranks.index(0)]
+    [rank0] = [line for line in errors if line.startswith('error: rank 0')]
+    return rank0
 
 
 def test_a_killed_rank_on_the_other_host_ends_the_survivor_and_the_job_at_once(jobs, tmp_path_factory):
@@ -304,6 +308,48 @@ def test_a_cut_link_ends_the_survivor_within_ddp_timeout_and_the_job_ends(jobs, 
     # SLURM may have marked node2 DOWN meanwhile (SlurmdTimeout): it returns once its slurmd answers
     slurm('scontrol', 'update', 'nodename=node2', 'state=resume', check=False)
     wait_for_nodes_up()
+
+
+# train.py with a bug on rank 1: once the file raise-now exists in the working directory, its next
+# training batch divides by zero
+BUGGY_TRAIN = """
+import os, runpy, sys
+sys.path.insert(0, {repo!r})
+from nanogpt.batches import RandomBatches
+
+if os.environ['SLURM_PROCID'] == '1':
+    next_batch = RandomBatches.next
+
+    def buggy_next(self):
+        if os.path.exists('raise-now'):
+            return 1 / 0
+        return next_batch(self)
+    RandomBatches.next = buggy_next
+sys.argv[0] = {train!r}
+runpy.run_path({train!r}, run_name='__main__')
+"""
+
+
+def test_a_bug_on_one_host_stops_both_ranks_at_once_with_one_line_naming_rank_host_and_cause(jobs,
+                                                                                            tmp_path_factory):
+    workdir = char_workdir(tmp_path_factory, 'cluster-bug')
+    (workdir / 'buggy').mkdir()
+    (workdir / 'buggy' / 'train.py').write_text(BUGGY_TRAIN.format(repo=str(REPO), train=str(REPO / 'train.py')))
+    job_id = jobs(workdir, *ENDLESS, code_dir=workdir / 'buggy')  # ddp_timeout stays at its 600 s
+    log = log_of(workdir, job_id)
+    wait_for_training(job_id, log)
+    [rank0] = [pid for pid in training_pids('node1', workdir, script=workdir / 'buggy' / 'train.py')]
+    (workdir / 'raise-now').touch()
+    exited = wait_exit(rank0, timeout=60)
+    print(f"rank 0 exited {exited:.1f} s after the bug was armed on node2's rank")
+    assert exited < 10
+    info = wait_until_ended(job_id, timeout=60)
+    text = log.read_text()
+    errors = [line for line in text.splitlines() if line.startswith('error:')]
+    # both ranks, the same line with the cause: not a lost contact, not a wait for ddp_timeout
+    assert errors == ["error: rank 1 on node2: failed with ZeroDivisionError: division by zero"] * 2, text
+    assert text.count('Traceback') == 1 and 'in buggy_next' in text, text  # the rank with the bug keeps its own
+    assert info['JobState'] == 'FAILED', text
 
 
 def wait_for_nodes_up(timeout=60):

@@ -50,7 +50,7 @@ def free_port():
     raise RuntimeError("no free port")
 
 
-def start_like_srun(args, cwd, world_size=2):
+def start_like_srun(args, cwd, world_size=2, extra_env=None):
     """The ranks of `srun -n2 python train.py ARGS` on one node: the variables srun sets in each
     task (measured on a real SLURM), and no torchrun."""
     job_id = free_port() - 20000  # train.py takes MASTER_PORT = 20000 + job id % 10000
@@ -59,7 +59,7 @@ def start_like_srun(args, cwd, world_size=2):
         env = clean_env(SLURM_JOB_ID=str(job_id), SLURM_JOB_NODELIST='localhost', SLURM_STEP_NODELIST='localhost',
                         SLURM_NNODES='1', SLURM_NODEID='0', SLURM_NTASKS=str(world_size),
                         SLURM_STEP_NUM_TASKS=str(world_size), SLURM_STEP_ID='0',
-                        SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank))
+                        SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), **(extra_env or {}))
         procs.append(subprocess.Popen([sys.executable, str(REPO / 'train.py'), *args], cwd=cwd, env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     return procs
@@ -203,7 +203,8 @@ def test_a_hung_rank_makes_the_others_exit_with_a_clear_error(workdir):
         procs[1].communicate()
     assert procs[0].returncode == 1
     errors = [line for line in log.splitlines() if line.startswith('error:')]
-    assert len(errors) == 1 and 'rank 0 lost contact with the other ranks' in errors[0], log
+    host = socket.gethostname()
+    assert len(errors) == 1 and errors[0].startswith(f'error: rank 0 on {host} lost contact with rank 1 on {host} ('), log
     assert 'Traceback' not in log
 
 
@@ -228,8 +229,8 @@ def test_a_failed_save_on_rank_0_stops_every_rank_at_once_with_its_cause(workdir
     assert len(stderr) == 2
     for log in stderr:
         assert log.strip().splitlines() == [
-            "error: could not write out-full/ckpt.pt (File too large); the previous checkpoint is untouched. "
-            "Free some disk space and resume"], stderr
+            f"error: rank 0 on {socket.gethostname()}: could not write out-full/ckpt.pt (File too large); the previous "
+            f"checkpoint is untouched. Free some disk space and resume"], stderr
 
 
 def test_every_rank_of_a_refused_run_stops_with_the_holder_named(workdir):
@@ -245,8 +246,22 @@ def test_every_rank_of_a_refused_run_stops_with_the_holder_named(workdir):
     assert [p.returncode for p in procs] == [1, 1]
     errors = [[line for line in log.splitlines() if line.startswith('error:')] for log in logs]
     assert errors[0] == errors[1] and len(errors[0]) == 1, logs
-    assert re.match(rf"error: out_dir out-held is in use by another training run \(host \S+, pid {os.getpid()}, "
+    assert re.match(rf"error: rank 0 on {socket.gethostname()}: out_dir out-held is in use by another training run \(host \S+, pid {os.getpid()}, "
                     rf"started [^)]*\): wait for it to end, stop it \(kill {os.getpid()}\)", errors[0][0])
+
+
+def test_a_wrong_network_interface_is_one_line_that_names_it(workdir):
+    procs = start_like_srun([*TRAIN, '--max_iters=5', '--out_dir=out-ifname'], workdir,
+                            extra_env={'GLOO_SOCKET_IFNAME': 'nosuch0'})
+    logs = wait_all(procs, timeout=60)
+    assert [p.returncode for p in procs] == [1, 1], logs
+    for rank, log in enumerate(logs):
+        [error] = [line for line in log.splitlines() if line.startswith('error:')]
+        assert error.startswith(f"error: rank {rank} on {socket.gethostname()} could not join the other ranks at "
+                                f"localhost:"), log
+        assert 'nosuch0' in error and error.endswith("and that GLOO_SOCKET_IFNAME=nosuch0 names this host's "
+                                                     "network interface"), log
+        assert 'Traceback' not in log
 
 
 def test_gradient_accumulation_must_divide_among_the_ranks(workdir):
@@ -332,7 +347,7 @@ def test_lost_rank_errors_pass_through_without_a_process_group():
     def crash():
         raise RuntimeError("Connection closed by peer")  # not distributed: a bug, keep the traceback
     with pytest.raises(RuntimeError):
-        distributed.explain_lost_ranks(crash)()
+        distributed.stop_every_rank_on_failure(crash)()
 
 
 # -----------------------------------------------------------------------------
