@@ -90,14 +90,14 @@ def cluster():
 
 @pytest.fixture(scope='module')
 def jobs(cluster):
-    """Submits slurm/train_gpt2.sbatch, the script users submit, and cancels whatever is left when the
-    tests end, passed or failed."""
+    """Submits slurm/train_gpt2.sbatch, the script users submit (or another script), and cancels whatever
+    is left when the tests end, passed or failed."""
     submitted = []
 
-    def submit(workdir, *args, options=(), nodes=TWO_NODES, code_dir=REPO):
+    def submit(workdir, *args, options=(), nodes=TWO_NODES, code_dir=REPO, script=REPO / 'slurm' / 'train_gpt2.sbatch'):
         env = clean_env(PYTHON=sys.executable, CODE_DIR=str(code_dir), OUT_DIR='out')
         proc = subprocess.run(['sbatch', '--parsable', *nodes, *options, f'--chdir={workdir}',
-                               f'--output={workdir}/slurm-%j.out', str(REPO / 'slurm' / 'train_gpt2.sbatch'), *args],
+                               f'--output={workdir}/slurm-%j.out', str(script), *args],
                               cwd=workdir, env=env, capture_output=True, text=True, timeout=60, check=False)
         assert proc.returncode == 0, proc.stderr
         job_id = proc.stdout.strip().split(';')[0]
@@ -140,9 +140,9 @@ def log_of(workdir, job_id):
     return workdir / f'slurm-{job_id}.out'
 
 
-def wait_for_training(job_id, log, timeout=120):
-    """Until the job's log shows training iterations (a fault must land mid-run)."""
-    wait_for(job_id, lambda info: log.exists() and re.search(r'^iter \d+:', log.read_text(), re.MULTILINE)
+def wait_for_training(job_id, log, ready=r'^iter \d+:', timeout=120):
+    """Until the job's log shows training iterations, or what ready matches (a fault must land mid-run)."""
+    wait_for(job_id, lambda info: log.exists() and re.search(ready, log.read_text(), re.MULTILINE)
              or info.get('JobState') in ENDED, 'start training', timeout)
     assert job_info(job_id)['JobState'] == 'RUNNING', log.read_text()
 
@@ -248,12 +248,12 @@ def test_ddp_under_slurm_runs_a_rank_on_each_host_and_trains_as_on_one_host(refe
     assert same_weights(ckpt['model'], checkpoint.load(one_host_out / 'ckpt.pt')['model'])
 
 
-def lost_host_run(jobs, workdir, fault, restore=lambda: None):
-    """Start an endless two-node run, apply fault() to node2 once it trains, and measure how long rank 0
-    (on node1) takes to exit. Returns (seconds until rank 0 exited, its log, the job's final info)."""
-    job_id = jobs(workdir, *ENDLESS, f'--ddp_timeout={DDP_TIMEOUT}', options=['--no-requeue'])
+def lost_host_run(jobs, workdir, fault, restore=lambda: None, args=ENDLESS, ready=r'^iter \d+:'):
+    """Start an endless two-node run, apply fault() to node2 once its log shows `ready`, and measure how
+    long rank 0 (on node1) takes to exit. Returns (seconds until rank 0 exited, its log, the job's final info)."""
+    job_id = jobs(workdir, *args, f'--ddp_timeout={DDP_TIMEOUT}', options=['--no-requeue'])
     log = log_of(workdir, job_id)
-    wait_for_training(job_id, log)
+    wait_for_training(job_id, log, ready)
     assert ranks_hosts(log.read_text())[0] == ['node1', 'node2']
     [rank0], [rank1] = training_pids('node1', workdir), training_pids('node2', workdir)
     try:
@@ -278,14 +278,25 @@ def assert_one_line_about_lost_contact(text):
     return rank0
 
 
-def test_a_killed_rank_on_the_other_host_ends_the_survivor_and_the_job_at_once(jobs, tmp_path_factory):
+def test_a_killed_rank_on_the_other_host_ends_the_survivor_and_the_job_at_once_and_a_resubmission_resumes(
+        jobs, tmp_path_factory):
     workdir = char_workdir(tmp_path_factory, 'cluster-kill')
-    exited, text, info = lost_host_run(jobs, workdir, lambda pid: os.kill(pid, signal.SIGKILL))
+    exited, text, info = lost_host_run(jobs, workdir, lambda pid: os.kill(pid, signal.SIGKILL),
+                                       args=[*ENDLESS, '--eval_interval=50'], ready=r'^saving checkpoint to out/ckpt.pt')
     print(f"rank 0 exited {exited:.1f} s after node2's rank was SIGKILLed")
     # the killed process's sockets close: the survivor learns it at its next collective, not after ddp_timeout
     assert exited < 10
     print(assert_one_line_about_lost_contact(text))
     assert info['JobState'] == 'FAILED', text  # srun --kill-on-bad-exit: the step ends, so does the job
+
+    # the same job submitted again: the out_dir lock lets it in, and it goes on from the last checkpoint
+    saved = checkpoint.load(workdir / 'out' / 'ckpt.pt')['iter_num']
+    job_id = jobs(workdir, *ENDLESS, '--eval_interval=50', f'--max_iters={saved + 10}')
+    info = wait_until_ended(job_id)
+    text = log_of(workdir, job_id).read_text()
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), text
+    assert 'resuming training from out/ckpt.pt' in text and f'done: {saved + 10} iterations' in text, text
+    assert re.findall(r'^iter (\d+):', text, re.MULTILINE)[0] == str(saved + 4)  # its first log line (log_interval=5)
 
 
 def test_a_cut_link_ends_the_survivor_within_ddp_timeout_and_the_job_ends(jobs, tmp_path_factory):
@@ -384,6 +395,47 @@ def test_torchrun_started_by_hand_on_each_host_trains_as_under_slurm(reference):
     assert losses(workdir / 'out-torchrun') == losses(workdir / 'out')
     assert same_weights(checkpoint.load(workdir / 'out-torchrun' / 'ckpt.pt')['model'],
                         checkpoint.load(workdir / 'out' / 'ckpt.pt')['model'])
+
+
+# docs/cluster.md's launch of torchrun by srun, one agent per host, with two ranks on each host
+SRUN_TORCHRUN = """#!/bin/bash
+HEAD=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n1)
+srun --ntasks-per-node=1 {torchrun} --nnodes=$SLURM_NNODES --nproc-per-node=2 --rdzv-backend=c10d \\
+    --rdzv-endpoint=$HEAD:29400 --rdzv-id=$SLURM_JOB_ID {train} "$@"
+"""
+
+
+def test_fsdp_under_srun_torchrun_shards_from_both_hosts_then_resumes_exports_and_samples_on_one(
+        jobs, tmp_path_factory, run_main):
+    workdir = char_workdir(tmp_path_factory, 'cluster-fsdp')
+    script = workdir / 'fsdp.sbatch'
+    script.write_text(SRUN_TORCHRUN.format(torchrun=Path(sys.executable).parent / 'torchrun', train=REPO / 'train.py'))
+    fsdp = [*TRAIN, '--parallelism=fsdp', '--gradient_accumulation_steps=4', '--eval_interval=10', '--out_dir=out']
+    job_id = jobs(workdir, *fsdp, '--max_iters=20', script=script)
+    info = wait_until_ended(job_id, timeout=180)
+    log = log_of(workdir, job_id).read_text()
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), log
+    assert 'launched as torchrun with 4 rank(s)' in log
+    hosts, rendezvous = ranks_hosts(log)
+    assert sorted(hosts) == ['node1', 'node1', 'node2', 'node2'], log  # two ranks on each host
+    assert rendezvous.split(':')[0] == hosts[0]
+    assert f'tokens per iteration will be: {4 * 4 * 32:,}' in log  # 4 ranks x 1 micro-step x batch 4 x block 32
+    # the sharded checkpoint: every rank wrote its shards, from both hosts, into the shared out_dir
+    assert sorted(p.name for p in (workdir / 'out' / 'ckpt').glob('*.distcp')) == [
+        f'__{rank}_0.distcp' for rank in range(4)]
+    trained = checkpoint.load(workdir / 'out' / 'ckpt')
+    assert trained['iter_num'] == 20 and len(trained['rng']) == 4
+
+    # on one host, in one process: resume the shards, export the weights whole, sample from them
+    code, out, err = run_main('train.py', *fsdp, '--max_iters=25', '--init_from=resume', cwd=workdir)
+    assert code == 0 and 'resuming training from out/ckpt' in out and 'done: 25 iterations' in out, out + err
+    code, out, err = run_main('checkpoint.py', 'export', 'out/ckpt', 'model.pt', cwd=workdir)
+    assert code == 0, err
+    resumed = checkpoint.load(workdir / 'out' / 'ckpt')
+    assert resumed['iter_num'] == 25 and same_weights(checkpoint.load(workdir / 'model.pt')['model'], resumed['model'])
+    code, out, err = run_main('sample.py', '--init_from=model.pt', '--device=cpu', '--num_samples=1',
+                              '--max_new_tokens=40', '--start=ROMEO:', cwd=workdir)
+    assert code == 0 and out.startswith('ROMEO:') and len(out.split('---------------')[0]) > 40, out + err
 
 
 def test_preempted_two_node_job_stops_everywhere_requeues_and_ends_like_the_uninterrupted_run(jobs, reference,
