@@ -1,7 +1,9 @@
 """Multi-node training on a real two-host SLURM cluster (.ci/start-cluster.sh: node1 and node2, each a
 network and hostname namespace of this machine, joined by a link that can be cut): DDP across both
-hosts under sbatch/srun and under torchrun's rendezvous, a host lost mid-run (its process killed, its
-link cut), preemption and requeue of a two-node job, and the out_dir lock seen from the other host.
+hosts under sbatch/srun and under torchrun's rendezvous (by hand, and started by srun with two ranks
+per host and FSDP), a host lost mid-run (its process killed, its link cut) and the job resubmitted, a
+bug on one host's rank, preemption and requeue of a two-node job, the out_dir lock seen from the
+other host, and slurm/prepare_ray.sbatch's Ray cluster over both hosts with a worker killed.
 
 One uninterrupted two-node run is the reference for the others; it must equal, bit for bit, the same
 two ranks run by torchrun on one host.
@@ -22,7 +24,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, TINY_MODEL, char_workdir
+from conftest import REPO, SHARED_DATA, TINY_MODEL, _kill_processes_under, char_workdir, run_prepare
+from test_data_cluster import BINS, tasks_per_node
 
 from nanogpt import checkpoint
 from nanogpt.runlog import read_log
@@ -436,6 +439,59 @@ def test_fsdp_under_srun_torchrun_shards_from_both_hosts_then_resumes_exports_an
     code, out, err = run_main('sample.py', '--init_from=model.pt', '--device=cpu', '--num_samples=1',
                               '--max_new_tokens=40', '--start=ROMEO:', cwd=workdir)
     assert code == 0 and out.startswith('ROMEO:') and len(out.split('---------------')[0]) > 40, out + err
+
+
+# data/tinystories_char/prepare.py whose first Ray task on node2 SIGKILLs its own worker process: Ray runs
+# the task again (max_retries), on either host
+FLAKY_PREPARE = """
+import os, runpy, signal, socket, sys
+from nanogpt.data import workers
+
+call_each = workers._call_each
+
+
+def call_each_or_die(*args):
+    if socket.gethostname() == 'node2':
+        try:  # the first time only
+            os.close(os.open({mark!r}, os.O_CREAT | os.O_EXCL))
+        except FileExistsError:
+            pass
+        else:
+            os.kill(os.getpid(), signal.SIGKILL)
+    return call_each(*args)
+
+
+workers._call_each = call_each_or_die
+sys.argv[0] = {prepare!r}
+runpy.run_path({prepare!r}, run_name='__main__')
+"""
+
+
+def test_prepare_ray_sbatch_spreads_over_both_hosts_and_a_killed_worker_on_node2_is_retried(jobs, tmp_path_factory):
+    workdir = tmp_path_factory.mktemp('cluster-ray')
+    corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
+    prepare = workdir / 'flaky_prepare.py'
+    prepare.write_text(FLAKY_PREPARE.format(mark=str(workdir / 'node2-worker-killed'),
+                                            prepare=str(REPO / 'data' / 'tinystories_char' / 'prepare.py')))
+    job_id = jobs(workdir, str(prepare), '--input', str(corpus), '--out_dir', str(workdir / 'out'), '--chunk_size', '64K',
+                  script=REPO / 'slurm' / 'prepare_ray.sbatch',
+                  nodes=['--nodes=2', '--ntasks-per-node=1', '--cpus-per-task=1', '--time=10'])
+    try:
+        info = wait_until_ended(job_id, timeout=240)
+    finally:
+        left = _kill_processes_under(f'/tmp/ray_{job_id}')  # the head's temp dir
+    log = log_of(workdir, job_id).read_text()
+    assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), log
+    assert re.search(r"head 10\.77\.0\.11:\d+", log) and '2 of 2 node(s) joined' in log, log  # node1's address
+    assert 'workers: 2 Ray workers on the cluster' in log, log
+    counts = tasks_per_node(log)
+    assert len(counts) == 2 and min(counts.values()) > 0, counts  # tasks ran on both hosts
+    assert (workdir / 'node2-worker-killed').exists(), log  # a task on node2 killed its worker ...
+    assert not left, f"the job left Ray processes running: {left}"
+    local = run_prepare('tinystories_char', '--input', corpus, '--out_dir', workdir / 'local', '--num_workers', '1')
+    assert local.returncode == 0, local.stderr
+    # ... and its retry wrote the same bytes: the bins equal those of one in-process worker
+    assert [(workdir / 'out' / f).read_bytes() for f in BINS] == [(workdir / 'local' / f).read_bytes() for f in BINS]
 
 
 def test_preempted_two_node_job_stops_everywhere_requeues_and_ends_like_the_uninterrupted_run(jobs, reference,

@@ -1,14 +1,14 @@
-"""Data preparation on a real two-node Ray cluster (conftest.ray_cluster): a prepare script joins it with
---ray_address, its tasks run on both nodes, and the bins are byte-identical to the in-process result."""
+"""Data preparation on a real two-node Ray cluster on this machine (conftest.ray_cluster): a prepare script
+joins it with --ray_address, its tasks run on both nodes, and the bins are byte-identical to the in-process
+result. slurm/prepare_ray.sbatch itself runs on the two-host SLURM cluster, in tests/test_cluster.py."""
 import gzip
 import os
 import re
-import shutil
 import subprocess
 import sys
 
 import pytest
-from conftest import SHARED_DATA, free_port, run_prepare
+from conftest import SHARED_DATA, run_prepare
 
 pytestmark = [pytest.mark.slow,
               pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')]
@@ -49,38 +49,6 @@ def test_joining_without_token_auth_is_a_one_line_error(tmp_path, ray_cluster):
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and 'RAY_AUTH' in r.stderr, r.stderr
     assert not (tmp_path / 'train.bin').exists()
-
-
-def test_prepare_ray_sbatch_starts_a_cluster_and_runs_the_script(tmp_path):
-    """slurm/prepare_ray.sbatch's own steps, with stand-ins for srun (runs the step here) and scontrol (two
-    node names): a head and a second Ray node on this machine, the script on both, everything stopped after."""
-    from conftest import REPO, _kill_processes_under
-    fake = tmp_path / 'bin'
-    fake.mkdir()
-    (fake / 'srun').write_text('#!/bin/bash\nwhile [ $# -gt 0 ]; do case "$1" in -w) shift 2;; -*) shift;; *) break;; '
-                               'esac; done\nexec "$@"\n')
-    (fake / 'scontrol').write_text('#!/bin/bash\nprintf "n1\\nn2\\n"\n')
-    for f in fake.iterdir():
-        f.chmod(0o755)
-    ray_tmp = f'/tmp/ray_test_{tmp_path.name[-12:]}'
-    env = {**os.environ, 'PATH': f'{fake}:{os.environ["PATH"]}', 'PYTHON': sys.executable, 'SLURM_JOB_ID': '4242',
-           'SLURM_JOB_NODELIST': 'n[1-2]', 'SLURM_CPUS_PER_TASK': '1', 'RAY_TMP': ray_tmp, 'RAY_PORT': str(free_port())}
-    corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
-    try:
-        r = subprocess.run(['bash', 'slurm/prepare_ray.sbatch', 'data/tinystories_char/prepare.py',
-                            '--input', str(corpus), '--out_dir', str(tmp_path / 'out'), '--chunk_size', '64K'],
-                           cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-    finally:
-        left = _kill_processes_under(ray_tmp)
-        shutil.rmtree(ray_tmp, ignore_errors=True)
-    assert r.returncode == 0, r.stdout + r.stderr
-    assert '2 of 2 node(s) joined' in r.stdout and 'workers: 2 Ray workers on the cluster' in r.stdout, r.stdout
-    counts = tasks_per_node(r.stdout)
-    assert len(counts) == 2 and min(counts.values()) > 0, counts
-    assert not left, f"the job left Ray processes running: {left}"
-    local = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'local', '--num_workers', '1')
-    assert local.returncode == 0, local.stderr
-    assert [(tmp_path / 'out' / f).read_bytes() for f in BINS] == [(tmp_path / 'local' / f).read_bytes() for f in BINS]
 
 
 def test_driver_killed_on_the_cluster_keeps_the_previous_bins(tmp_path, ray_cluster):
