@@ -1,5 +1,6 @@
 """How the prepare scripts choose their workers (--num_workers auto | N; nanogpt.data.workers.choose_workers),
 and that they run on the workers they chose."""
+import os
 import re
 
 import pytest
@@ -130,3 +131,20 @@ def test_bpe_default_matches_one_worker(tmp_path):
     assert load_prepared(tmp_path / 'auto')[0] == load_prepared(tmp_path / 'one')[0]
     assert [(tmp_path / 'auto' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \
         [(tmp_path / 'one' / f).read_bytes() for f in ('train.bin', 'val.bin')]
+
+
+def test_auto_counts_the_cpus_a_container_allows(tmp_path):
+    """A container's CPU quota (cgroup v2 cpu.max, or v1's cfs quota) caps the workers below the host's CPU
+    count; no quota leaves the CPUs of the process's affinity."""
+    from nanogpt.data.workers import available_cpus
+    mine = len(os.sched_getaffinity(0))
+    assert available_cpus(tmp_path / 'none') == mine
+    (tmp_path / 'v2').mkdir()
+    (tmp_path / 'v2' / 'cpu.max').write_text('max 100000\n')
+    assert available_cpus(tmp_path / 'v2') == mine
+    (tmp_path / 'v2' / 'cpu.max').write_text('50000 100000\n')  # half a CPU: one worker
+    assert available_cpus(tmp_path / 'v2') == 1
+    (tmp_path / 'v1' / 'cpu').mkdir(parents=True)
+    (tmp_path / 'v1' / 'cpu' / 'cpu.cfs_quota_us').write_text('100000\n')
+    (tmp_path / 'v1' / 'cpu' / 'cpu.cfs_period_us').write_text('100000\n')
+    assert available_cpus(tmp_path / 'v1') == 1

@@ -52,7 +52,7 @@ def choose_workers(requested, n_bytes, speed, ray_address=None, cpus=None):
         return Plan(kind, requested, f"--num_workers {requested}", ray_address)
     if ray_address is not None:
         return Plan('ray', None, f"--ray_address {ray_address}", ray_address)
-    cpus = cpus or os.cpu_count() or 1
+    cpus = cpus or available_cpus()
     size = f"{n_bytes / 1e6:,.0f} MB" if n_bytes is not None else "corpus size unknown"
     local = Plan('process', 1, '')
     local_speedup = 1.0
@@ -69,6 +69,27 @@ def choose_workers(requested, n_bytes, speed, ray_address=None, cpus=None):
     if n_bytes is not None and n_bytes <= threshold:
         return local._replace(reason=f"{size}; {why}")
     return Plan('ray', cpus, f"{size}; {why}")
+
+
+def available_cpus(cgroup='/sys/fs/cgroup'):
+    """The CPUs this process may really use: os.cpu_count() counts the host's, but a container, a SLURM
+    step or taskset may allow fewer (the CPU affinity), and a cgroup quota (cpu.max, or cgroup v1's
+    cfs_quota_us / cfs_period_us) caps the CPU time, as a container's --cpus does."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+    for quota_file, period_file in (('cpu.max', None), ('cpu/cpu.cfs_quota_us', 'cpu/cpu.cfs_period_us')):
+        try:
+            with open(os.path.join(cgroup, quota_file)) as f:
+                fields = f.read().split()
+            if period_file:
+                with open(os.path.join(cgroup, period_file)) as f:
+                    fields.append(f.read().strip())
+            quota, period = fields[0], fields[1]
+        except (OSError, IndexError):
+            continue
+        if quota not in ('max', '-1') and int(period) > 0:
+            cpus = min(cpus, max(1, -(-int(quota) // int(period))))  # 1.5 CPUs of time: 2 workers
+        break
+    return cpus
 
 
 def start_ray(num_workers=None, address=None):
