@@ -55,8 +55,9 @@ def check_tokenizer(name, vocab_size=None):
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read the tokenizer {name} ({getattr(e, 'strerror', None) or e})") from None
-        ranks, _, eot = parse_tokenizer_json(text, name)
-        return {'tokenizer': 'bpe', 'vocab_size': max(eot, *ranks.values()) + 1, 'tokenizer_json': text}
+        parse_tokenizer_json(text, name)  # a file that cannot work is named in the error
+        vocab = {'tokenizer': 'bpe', 'tokenizer_json': text}
+        return {**vocab, 'vocab_size': bpe_encoding(vocab).n_vocab}  # built once here, for the whole run
     import tiktoken
     if name not in tiktoken.list_encoding_names():
         raise UserError(f"unknown tokenizer {name!r}: use gpt2, another tiktoken encoding "
