@@ -104,11 +104,15 @@ def test_model_on_new_tokenizer_trains_resumes_samples_reports_bpb_and_exports(w
     a, b = checkpoint.load(tmp_path / 'a' / 'ckpt.pt'), checkpoint.load(tmp_path / 'b' / 'ckpt.pt')
     assert b['iter_num'] == 8 and all(torch.equal(a['model'][k], b['model'][k]) for k in a['model'])
     assert a['vocab'] == vocab  # the tokenizer itself travels in the checkpoint
-    # bits per byte: the bytes are those of the predicted tokens, the val text's exact bytes
-    code, out, err = run_main('eval.py', '--out_dir=a', '--device=cpu', '--tasks=bpb', cwd=tmp_path)
+    # bits per byte: the bytes are those of the predicted tokens, the val text's exact bytes; HellaSwag
+    # encodes its Chinese and emoji with the checkpoint's tokenizer, none skipped
+    (tmp_path / 'hellaswag.jsonl').write_text(''.join(json.dumps({'ctx': t[:20], 'endings': [t[i:i + 8] for i in
+                                                      range(20, 52, 8)], 'label': 1}) + '\n' for t in TEXTS))
+    code, out, err = run_main('eval.py', '--out_dir=a', '--device=cpu', '--tasks=bpb,hellaswag',
+                              '--hellaswag_file=hellaswag.jsonl', cwd=tmp_path)
     codec = Codec(vocab)
-    assert code == 0, err
-    assert f"over {len(codec.enc.decode_bytes(val_ids[1:].tolist())):,} bytes" in out
+    assert code == 0 and 'skipped' not in err, err
+    assert f"over {len(codec.enc.decode_bytes(val_ids[1:].tolist())):,} bytes" in out and '/3, lowest summed' in out
     # sampling needs no data folder: the checkpoint's tokenizer decodes, with the multi-byte prompt intact
     shutil.move(tmp_path / 'data', tmp_path / 'moved')
     code, out, err = run_main('sample.py', '--out_dir=a', '--device=cpu', '--num_samples=1', '--max_new_tokens=20',
