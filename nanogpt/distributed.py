@@ -270,17 +270,17 @@ class FailureBoard:
     the ranks met at (the TCPStore at MASTER_ADDR:MASTER_PORT). Every rank runs a thread that waits
     on it; the others print that line and exit at once. They exit from the thread (os._exit) because
     their main thread may be inside a collective that waits for the failed rank: until ddp_timeout
-    with gloo, and under NCCL possibly for good. The failing rank waits until the others have read
-    the line before it exits, since its exit can take the store with it (under srun, rank 0 hosts it).
+    with gloo, and under NCCL possibly for good. No rank exits before all have read the line (or a few
+    seconds have passed): the exit of the rank that hosts the store (rank 0 under srun) takes it along.
     Checkpoints are written atomically, so a rank that exits mid-save leaves the previous one whole."""
 
     def __init__(self, launch):
         # keys of their own per torchrun restart: its store outlives the workers of a failed attempt
         prefix = f"nanogpt/{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
-        self.failure_key, self.seen_key = f'{prefix}/failure', f'{prefix}/seen'
+        self.failure_key, self.seen_key, self.left_key = f'{prefix}/failure', f'{prefix}/seen', f'{prefix}/left'
         self.wake_keys = [f'{prefix}/wake/{rank}' for rank in range(launch.world_size)]
         self.rank, self.world_size = launch.rank, launch.world_size
-        self.posted = self.closing = False
+        self.closing = False
         # two connections of their own: a store client serves one call at a time, and the watcher's
         # wait blocks its connection for the whole run
         self.store, self.watched = (dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']),
@@ -297,30 +297,52 @@ class FailureBoard:
             line = self.watched.get(self.failure_key).decode()
         except RuntimeError:  # the store is gone (rank 0 ended): the main thread's next collective says so
             return
-        if not self.posted:  # (a rank that posted too reports the winning line from its main thread)
-            print(f"error: {line}", file=sys.stderr, flush=True)
-        with contextlib.suppress(RuntimeError):
-            self.watched.add(self.seen_key, 1)
-        if not self.posted:
-            os._exit(1)
+        print(f"error: {line}", file=sys.stderr, flush=True)
+        self._read(self.watched)
+        self._wait_for_readers(self.watched, wait_s=5)
+        self._leave(self.watched)
+        os._exit(1)
 
     def post(self, line, wait_s=10):
         """Tell every other rank that this one failed, and wait (at most wait_s: a rank that is already
         gone never answers) until they have read it. Returns the line they were told: another rank's
         if it posted first."""
-        self.posted = True
+        self.close()  # this rank reports from its main thread
         try:
             told = self.store.compare_set(self.failure_key, '', line).decode()
-            if told == line:
+        except RuntimeError:  # the store is gone: rank 0 ended, and every rank learns it from its collectives
+            return line
+        if told == line:
+            with contextlib.suppress(RuntimeError):
                 for rank, key in enumerate(self.wake_keys):
                     if rank != self.rank:
                         self.store.set(key, '')
-                deadline = time.time() + wait_s
-                while self.store.add(self.seen_key, 0) < self.world_size - 1 and time.time() < deadline:
-                    time.sleep(0.02)
-            return told
-        except RuntimeError:  # the store is gone: rank 0 ended, and every rank learns it from its collectives
-            return line
+        else:  # another rank failed a moment earlier: this one is among its readers
+            self._read(self.store)
+        self._wait_for_readers(self.store, wait_s)
+        self._leave(self.store)
+        return told
+
+    def _read(self, store):
+        with contextlib.suppress(RuntimeError):
+            store.add(self.seen_key, 1)
+
+    def _wait_for_readers(self, store, wait_s):
+        """Until every rank but the one that posted has read the line, or wait_s has passed."""
+        deadline = time.time() + wait_s
+        with contextlib.suppress(RuntimeError):
+            while store.add(self.seen_key, 0) < self.world_size - 1 and time.time() < deadline:
+                time.sleep(0.02)
+
+    def _leave(self, store, wait_s=5):
+        """Rank 0 leaves last: under srun it hosts the store, and its end would cut off the others' calls."""
+        deadline = time.time() + wait_s
+        with contextlib.suppress(RuntimeError):
+            if self.rank != 0:
+                store.add(self.left_key, 1)
+                return
+            while store.add(self.left_key, 0) < self.world_size - 1 and time.time() < deadline:
+                time.sleep(0.02)
 
     def failure(self):
         """The line another rank posted, if one did."""
@@ -371,8 +393,12 @@ def stop_every_rank_on_failure(main):
                 raise
             here = f"rank {dist.get_rank()} on {rank_hosts[dist.get_rank()]}"
             if isinstance(e, RuntimeError) and (isinstance(e, dist.DistError) or lost.search(str(e))):
-                # most likely the consequence of another rank's failure: report its cause if it posted one
-                line = _board.failure() or (
+                # most likely the consequence of another rank's failure: if it posted its cause, this rank's
+                # watcher prints it and ends the process (let it, rather than print the line twice)
+                posted = _board.failure()
+                if posted:
+                    _board.watcher.join(timeout=15)
+                line = posted or (
                     f"{here} lost contact with {_lost_peer(e)} ({_gist(e)}): it crashed, was killed, or hung "
                     f"or was cut off for longer than ddp_timeout; see its log, then resubmit the job (it resumes)")
             else:

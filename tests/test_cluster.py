@@ -13,6 +13,7 @@ CI (CI=true), where they fail. Its config is CLUSTER_DIR/slurm.conf (/tmp/cluste
 every SLURM command as SLURM_CONF: /etc/slurm/slurm.conf belongs to the one-node cluster of
 tests/test_slurm.py, which may run at the same time."""
 
+import collections
 import os
 import re
 import shutil
@@ -324,14 +325,14 @@ def test_a_cut_link_ends_the_survivor_within_ddp_timeout_and_the_job_ends(jobs, 
     wait_for_nodes_up()
 
 
-# train.py with a bug on rank 1: once the file raise-now exists in the working directory, its next
-# training batch divides by zero
+# train.py with a bug on rank 3 (node2's second rank): once the file raise-now exists in the working
+# directory, its next training batch divides by zero
 BUGGY_TRAIN = """
 import os, runpy, sys
 sys.path.insert(0, {repo!r})
 from nanogpt.batches import RandomBatches
 
-if os.environ['SLURM_PROCID'] == '1':
+if os.environ['SLURM_PROCID'] == '3':
     next_batch = RandomBatches.next
 
     def buggy_next(self):
@@ -344,24 +345,28 @@ runpy.run_path({train!r}, run_name='__main__')
 """
 
 
-def test_a_bug_on_one_host_stops_both_ranks_at_once_with_one_line_naming_rank_host_and_cause(jobs,
-                                                                                            tmp_path_factory):
+def test_a_bug_on_one_rank_stops_all_four_on_both_hosts_at_once_with_one_line_naming_rank_host_and_cause(
+        jobs, tmp_path_factory):
     workdir = char_workdir(tmp_path_factory, 'cluster-bug')
     (workdir / 'buggy').mkdir()
     (workdir / 'buggy' / 'train.py').write_text(BUGGY_TRAIN.format(repo=str(REPO), train=str(REPO / 'train.py')))
-    job_id = jobs(workdir, *ENDLESS, code_dir=workdir / 'buggy')  # ddp_timeout stays at its 600 s
+    # two ranks per host, started by srun; ddp_timeout stays at its 600 s
+    job_id = jobs(workdir, *ENDLESS, '--gradient_accumulation_steps=4', code_dir=workdir / 'buggy',
+                  nodes=['--nodes=2', '--ntasks-per-node=2', '--cpus-per-task=1', '--gpus-per-node=0', '--time=10'])
     log = log_of(workdir, job_id)
     wait_for_training(job_id, log)
-    [rank0] = [pid for pid in training_pids('node1', workdir, script=workdir / 'buggy' / 'train.py')]
+    assert ranks_hosts(log.read_text())[0] == ['node1', 'node1', 'node2', 'node2']
+    node1_ranks = training_pids('node1', workdir, script=workdir / 'buggy' / 'train.py')
+    assert len(node1_ranks) == 2
     (workdir / 'raise-now').touch()
-    exited = wait_exit(rank0, timeout=60)
-    print(f"rank 0 exited {exited:.1f} s after the bug was armed on node2's rank")
+    exited = max(wait_exit(pid, timeout=60) for pid in node1_ranks)
+    print(f"node1's ranks exited {exited:.1f} s after the bug was armed on node2's rank 3")
     assert exited < 10
     info = wait_until_ended(job_id, timeout=60)
     text = log.read_text()
     errors = [line for line in text.splitlines() if line.startswith('error:')]
-    # both ranks, the same line with the cause: not a lost contact, not a wait for ddp_timeout
-    assert errors == ["error: rank 1 on node2: failed with ZeroDivisionError: division by zero"] * 2, text
+    # every rank, the same line with the cause: not a lost contact, not a wait for ddp_timeout
+    assert errors == ["error: rank 3 on node2: failed with ZeroDivisionError: division by zero"] * 4, text
     assert text.count('Traceback') == 1 and 'in buggy_next' in text, text  # the rank with the bug keeps its own
     assert info['JobState'] == 'FAILED', text
 
@@ -441,8 +446,8 @@ def test_fsdp_under_srun_torchrun_shards_from_both_hosts_then_resumes_exports_an
     assert code == 0 and out.startswith('ROMEO:') and len(out.split('---------------')[0]) > 40, out + err
 
 
-# data/tinystories_char/prepare.py whose first Ray task on node2 SIGKILLs its own worker process: Ray runs
-# the task again (max_retries), on either host
+# data/tinystories_char/prepare.py whose Ray tasks note their host in a file, and whose first task on node2
+# SIGKILLs its own worker process: Ray runs that task again (max_retries), on either host
 FLAKY_PREPARE = """
 import os, runpy, signal, socket, sys
 from nanogpt.data import workers
@@ -451,7 +456,10 @@ call_each = workers._call_each
 
 
 def call_each_or_die(*args):
-    if socket.gethostname() == 'node2':
+    host = socket.gethostname()
+    with open({hosts!r}, 'a') as f:
+        f.write(host + '\\n')
+    if host == 'node2':
         try:  # the first time only
             os.close(os.open({mark!r}, os.O_CREAT | os.O_EXCL))
         except FileExistsError:
@@ -471,7 +479,7 @@ def test_prepare_ray_sbatch_spreads_over_both_hosts_and_a_killed_worker_on_node2
     workdir = tmp_path_factory.mktemp('cluster-ray')
     corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
     prepare = workdir / 'flaky_prepare.py'
-    prepare.write_text(FLAKY_PREPARE.format(mark=str(workdir / 'node2-worker-killed'),
+    prepare.write_text(FLAKY_PREPARE.format(hosts=str(workdir / 'task-hosts'), mark=str(workdir / 'node2-worker-killed'),
                                             prepare=str(REPO / 'data' / 'tinystories_char' / 'prepare.py')))
     job_id = jobs(workdir, str(prepare), '--input', str(corpus), '--out_dir', str(workdir / 'out'), '--chunk_size', '64K',
                   script=REPO / 'slurm' / 'prepare_ray.sbatch',
@@ -484,8 +492,10 @@ def test_prepare_ray_sbatch_spreads_over_both_hosts_and_a_killed_worker_on_node2
     assert (info['JobState'], info['ExitCode']) == ('COMPLETED', '0:0'), log
     assert re.search(r"head 10\.77\.0\.11:\d+", log) and '2 of 2 node(s) joined' in log, log  # node1's address
     assert 'workers: 2 Ray workers on the cluster' in log, log
-    counts = tasks_per_node(log)
-    assert len(counts) == 2 and min(counts.values()) > 0, counts  # tasks ran on both hosts
+    hosts = collections.Counter((workdir / 'task-hosts').read_text().split())
+    print(f"tasks per host: {dict(hosts)}; {log[log.index('ray: '):].splitlines()[0]}")
+    assert hosts.keys() == {'node1', 'node2'}, hosts  # tasks ran on both hosts
+    assert sum(tasks_per_node(log).values()) == hosts.total() - 1  # all but the killed one completed
     assert (workdir / 'node2-worker-killed').exists(), log  # a task on node2 killed its worker ...
     assert not left, f"the job left Ray processes running: {left}"
     local = run_prepare('tinystories_char', '--input', corpus, '--out_dir', workdir / 'local', '--num_workers', '1')
