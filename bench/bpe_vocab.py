@@ -24,11 +24,11 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHARED = os.path.join(os.path.dirname(REPO), 'shared', 'data')
 os.environ.setdefault('TIKTOKEN_CACHE_DIR', os.path.join(SHARED, 'tiktoken_cache'))
 
-from nanogpt.data import bpe_trainer  # noqa: E402  (after TIKTOKEN_CACHE_DIR)
-from nanogpt.data.cli import parse_size  # noqa: E402
-from nanogpt.data.sources import Corpus  # noqa: E402
-from nanogpt.errors import UserError  # noqa: E402
-from nanogpt.tokenizer import Codec, get_encoding  # noqa: E402
+from nanogpt.data import bpe_trainer
+from nanogpt.data.cli import parse_size
+from nanogpt.data.sources import Corpus
+from nanogpt.errors import UserError
+from nanogpt.tokenizer import Codec, get_encoding
 
 
 def corpora(args):
@@ -76,7 +76,7 @@ def main():
     args = p.parse_args()
     sizes = [int(v) for v in args.vocab_sizes.split(',')]
     gpt2 = get_encoding('gpt2')
-    cpu = subprocess.run(['lscpu'], capture_output=True, text=True).stdout
+    cpu = subprocess.run(['lscpu'], capture_output=True, text=True, check=False).stdout
     model = next((line.split(':', 1)[1].strip() for line in cpu.splitlines() if line.startswith('Model name')), '?')
     print(f"{time.strftime('%Y-%m-%d')}, {model}, {os.cpu_count()} CPUs")
     print("| corpus (held-out MB) | GPT-2 | " + " | ".join(f"trained {v // 1024}k" for v in sizes) + " |")
@@ -92,7 +92,7 @@ def main():
         for v in sizes:
             try:
                 codec, seconds = train(fit, v)
-            except UserError as e:  # too little text for this size: say so in the table
+            except UserError:  # too little text for this size: say so in the table
                 cells.append("too little text")
                 continue
             tokens = sum(len(codec.enc.encode_ordinary(d)) for d in held_out)
@@ -101,16 +101,15 @@ def main():
               flush=True)
         if codec is not None:
             from tokenizers import Tokenizer
-            theirs = Tokenizer.from_str(json.dumps(json.loads(codec.vocab['tokenizer_json'])))
+            theirs = Tokenizer.from_str(codec.vocab['tokenizer_json'])  # adds no special tokens of its own
             speeds[name] = (encode_speed(gpt2.encode_ordinary, held_out, size),
                             encode_speed(codec.enc.encode_ordinary, held_out, size),
-                            encode_speed(lambda d: theirs.encode(d, add_special_tokens=False), held_out, size),
-                            codec.vocab_size if hasattr(codec, 'vocab_size') else len(codec.enc._mergeable_ranks) + 1)
+                            encode_speed(theirs.encode, held_out, size), codec.enc.n_vocab)
     print("\nencoding speed, one thread, MB/s of held-out text (best of 3)")
     print("| corpus | tiktoken GPT-2 | trained (tiktoken's encoder) | trained (Hugging Face's encoder) |")
     print("| --- | ---: | ---: | ---: |")
     for name, (g, ours, hf, v) in speeds.items():
-        print(f"| {name} | {g:.1f} | {ours:.1f} ({v // 1024}k) | {hf:.1f} |")
+        print(f"| {name} | {g:.1f} | {ours:.1f} ({v:,} tokens) | {hf:.1f} |")
     if args.train_size:
         docs = all_docs['C4 web text']
         repeat = -(-args.train_size // n_bytes(docs))

@@ -12,6 +12,7 @@ Face's own encoder (tests/test_tokenizers.py) at about 5x its speed per core (do
 
 import codecs
 import hashlib
+import itertools
 import json
 import os
 import pickle
@@ -102,7 +103,7 @@ def parse_tokenizer_json(text, source='tokenizer.json'):
                                  for part in (m.split(' ', 1) if isinstance(m, str) else m))] for m in model['merges']]
     except KeyError:
         raise refuse("a merge makes a token that is not in its vocabulary") from None
-    if any(a > b for a, b in zip(merged, merged[1:])):  # tiktoken merges the lowest id first
+    if any(a > b for a, b in itertools.pairwise(merged)):  # tiktoken merges the lowest id first
         raise refuse("its token ids do not follow the order of its merges")
     return ranks, pattern, specials[EOT]
 

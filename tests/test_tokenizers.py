@@ -17,7 +17,7 @@ from conftest import SHARED_DATA, TINY_MODEL, load_prepared, run_prepare, shared
 from nanogpt import checkpoint
 from nanogpt.data import bpe
 from nanogpt.data.sources import Corpus
-from nanogpt.tokenizer import Codec, EOT, byte_symbols, read_vocab
+from nanogpt.tokenizer import EOT, Codec, byte_symbols, read_vocab
 
 TRAIN = [*TINY_MODEL, '--n_layer=1', '--eval_interval=4', '--eval_iters=2', '--log_interval=4',
          '--learning_rate=3e-3', '--warmup_iters=2', '--lr_decay_iters=8', '--always_save_checkpoint=True',
@@ -200,13 +200,13 @@ def test_a_tiktoken_encoding_exports_as_a_tokenizer_json_that_gives_its_ids():
 PREPARE_ERRORS = [
     (['--tokenizer=gpt3'], "unknown tokenizer 'gpt3': use gpt2, another tiktoken encoding ("),
     (['--tokenizer=bpe'], "--tokenizer=bpe trains a tokenizer on the corpus: give its size with --vocab_size=N"),
-    (['--tokenizer=bpe', '--vocab_size=256'], "--vocab_size=256 is too small: a byte-level BPE needs the 256 bytes "
-                                              "and <|endoftext|>, at least 257"),
+    (['--tokenizer=bpe', '--vocab_size=256'], ("--vocab_size=256 is too small: a byte-level BPE needs the 256 "
+                                               "bytes and <|endoftext|>, at least 257")),
     (['--vocab_size=5000'], "--vocab_size is the size of a tokenizer to train (--tokenizer=bpe); gpt2's is fixed"),
     (['--tokenizer=bpe', '--vocab_size=20000'], "hold only enough pairs for"),
     (['--tokenizer=missing/tokenizer.json'], "cannot read the tokenizer missing/tokenizer.json (No such file"),
-    (['--tokenizer=wordpiece.json'], "wordpiece.json is not a tokenizer this project can use (its model is "
-                                     "WordPiece, not BPE)"),
+    (['--tokenizer=wordpiece.json'], ("wordpiece.json is not a tokenizer this project can use (its model is "
+                                      "WordPiece, not BPE)")),
 ]
 
 
@@ -214,8 +214,8 @@ PREPARE_ERRORS = [
 def test_bad_tokenizer_options_are_one_line(tmp_path, run_main, options, message):
     (tmp_path / 'tiny.txt').write_text(shared_file('tinyshakespeare.txt').read_text()[:50_000])
     (tmp_path / 'wordpiece.json').write_text(json.dumps({'model': {'type': 'WordPiece', 'vocab': {}}}))
-    code, out, err = run_main('data/openwebtext/prepare.py', '--input', 'tiny.txt', *options, '--out_dir', 'o',
-                              cwd=tmp_path)
+    code, _, err = run_main('data/openwebtext/prepare.py', '--input', 'tiny.txt', *options, '--out_dir', 'o',
+                            cwd=tmp_path)
     assert code != 0 and len(err.strip().splitlines()) == 1 and message in err, err
     assert not (tmp_path / 'o' / 'train.bin').exists()
 

@@ -5,8 +5,8 @@ The engine is the char pipeline's (nanogpt/data/: sources, workers, output): the
 --chunk_size bytes of whole documents, each chunk is one Ray task, at most two tasks per worker are
 in flight, and the results come back in order. A task runs tiktoken's encode_ordinary on each
 document (special tokens in the text are treated as plain text), appends <|endoftext|> (50256 for
-GPT-2, 0 for a trained BPE) after each, checks the ids against the output dtype and returns one compact array. Unlike the
-char pipeline the output length is not known before tokenizing, so this process appends the arrays,
+GPT-2, 0 for a trained BPE) after each, checks the ids against the output dtype and returns one compact
+array. Unlike the char pipeline the output length is not known before tokenizing, so this process appends the arrays,
 in order, to train.bin / val.bin: ~2 bytes per 4 bytes of text, which costs little next to the
 tokenization. Whole documents go to val.bin with probability val_fraction, by a hash of (seed,
 document index), so the bytes do not depend on the worker count or chunk size.
@@ -28,7 +28,7 @@ from nanogpt.tokenizer import bpe_encoding, get_encoding, parse_tokenizer_json
 # a trained tokenizer runs on the same encoder at 0.94-1.03x this speed (bench/bpe_vocab.py), so they hold for it too
 SPEED = Speed(mb_per_s=12.7, ray_efficiency=0.7, gil_share=0.2)
 BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
-TOKENIZER_SAMPLE = 100 * 10**6  # bytes a trained tokenizer learns from (docs/data.md, "Training a tokenizer")
+TOKENIZER_SAMPLE = 100 * 10**6  # bytes a trained tokenizer learns from (docs/data.md, "When to train one, and how big")
 
 
 def encode_ordinary(enc, text):
@@ -146,8 +146,8 @@ def prepare(corpus, out_dir, tokenizer='gpt2', vocab_size=None, tokenizer_sample
             meta['tokenizer_source'] = tokenizer if trained is None else dict(trained_on=corpus.name, **trained)
             files['tokenizer.json'] = vocab['tokenizer_json']
         out.commit(meta, files)
-    print(f"wrote {out_dir}: {vocab['tokenizer']} ({enc.n_vocab:,} tokens), train {written['train']:,} tokens, val {written['val']:,} tokens, "
-          f"{n_docs:,} documents from {total / 1e6:.1f} MB")
+    print(f"wrote {out_dir}: {vocab['tokenizer']} ({enc.n_vocab:,} tokens), train {written['train']:,} tokens, "
+          f"val {written['val']:,} tokens, {n_docs:,} documents from {total / 1e6:.1f} MB")
     return meta
 
 

@@ -22,7 +22,7 @@ MIN_VOCAB = 256 + 1  # every byte, and <|endoftext|>
 def check_vocab_size(vocab_size):
     if vocab_size is None:
         raise UserError("--tokenizer=bpe trains a tokenizer on the corpus: give its size with --vocab_size=N "
-                        "(e.g. 8192; docs/data.md, 'Training a tokenizer')")
+                        "(e.g. 8192; docs/data.md, 'When to train one, and how big')")
     if vocab_size < MIN_VOCAB:
         raise UserError(f"--vocab_size={vocab_size} is too small: a byte-level BPE needs the 256 bytes and "
                         f"{EOT}, at least {MIN_VOCAB}")
