@@ -264,8 +264,9 @@ def corrupt(workdir, change):
     elif change == 'odd-sized bin':
         with open(ds / 'val.bin', 'ab') as f:
             f.write(b'\0')
-    elif change == 'tiny val':
+    elif change == 'tiny val':  # as a tiny corpus prepares: meta.json counts the 20 tokens
         (ds / 'val.bin').write_bytes(np.zeros(20, dtype=np.uint16).tobytes())
+        (ds / 'meta.json').write_text(json.dumps({**json.loads((ds / 'meta.json').read_text()), 'val_tokens': 20}))
     elif change == 'other vocab':
         meta = json.loads((ds / 'meta.json').read_text())
         meta['itos'][0] = 'é'
@@ -285,7 +286,7 @@ def corrupt(workdir, change):
 BAD_INPUTS = [
     ('train.py', [], 'no data', r"data/shakespeare_char/train.bin not found: prepare the dataset first "
                                 r"with `python data/shakespeare_char/prepare.py`"),
-    ('train.py', [], 'odd-sized bin', r"val.bin has \d+ bytes, not a multiple of 2 \(uint16\)"),
+    ('train.py', [], 'odd-sized bin', r"val.bin has [\d,]+ bytes, but meta.json says [\d,]+ tokens of uint16"),
     ('train.py', [], 'tiny val', r"val.bin holds 20 tokens, too few for block_size=32 \(need at least 33\)"),
     ('train.py', ['--init_from=resume'], 'other vocab', r"the vocabulary in data/shakespeare_char/meta.json "
                                                         r"\(char, 65 tokens\) differs from the checkpoint's"),
