@@ -1,7 +1,8 @@
 """Benchmark trained tokenizers against GPT-2's BPE: bytes per token on held-out text, training time,
 and encoding speed per core.
 
-For each corpus, the documents are split 90/10 in order; a byte-level BPE of each --vocab_sizes size
+For each corpus, the documents are shuffled (seed 0: the Chinese file holds its positive reviews, then
+its negative ones) and split 90/10; a byte-level BPE of each --vocab_sizes size
 is trained on the first 90% (nanogpt/data/bpe_trainer.py, as --tokenizer=bpe does, on every core),
 and bytes per token are measured on the last 10% for it and for GPT-2's tiktoken encoding. Encoding
 speed is one thread of each encoder over the held-out documents: GPT-2's and the trained tokenizer
@@ -12,11 +13,13 @@ counting scales with the bytes, merges with the distinct words, which repetition
     python bench/bpe_vocab.py                                  # C4 and TinyStories from ../shared/data
     python bench/bpe_vocab.py --chinese /tmp/zh/reviews.txt    # and a Chinese .txt, one document per line
     python bench/bpe_vocab.py --vocab_sizes 4096,8192,16384,32768 --train_size 100M
+    python bench/bpe_vocab.py --chinese /tmp/zh/reviews.txt --vocab_sizes 8192 --samples 256K,512K,1M,2M,4M
 """
 import argparse
 import gzip
 import json
 import os
+import random
 import subprocess
 import time
 
@@ -32,7 +35,7 @@ from nanogpt.tokenizer import Codec, get_encoding
 
 
 def corpora(args):
-    """{name: documents} of the corpora at hand."""
+    """{name: documents} of the corpora at hand, each in a fixed random order."""
     found = {}
     with gzip.open(os.path.join(SHARED, 'c4_sample_1000docs.jsonl.gz'), 'rt', encoding='utf-8') as f:
         found['C4 web text'] = [json.loads(line)['text'] for line in f]
@@ -41,6 +44,8 @@ def corpora(args):
     if args.chinese:
         with open(args.chinese, encoding='utf-8') as f:
             found['Chinese'] = [line.strip() for line in f if line.strip()]
+    for docs in found.values():
+        random.Random(0).shuffle(docs)
     return found
 
 
@@ -73,6 +78,9 @@ def main():
     p.add_argument('--vocab_sizes', default='4096,8192,16384,32768')
     p.add_argument('--train_size', type=parse_size, default=None,
                    help='also time training the largest size on this many bytes of C4 repeated')
+    p.add_argument('--samples', default='',
+                   help='e.g. 256K,1M,4M: also bytes per token of an 8k vocabulary trained on the first SIZE of '
+                        'each corpus (its --tokenizer_sample), on the same held-out text')
     args = p.parse_args()
     sizes = [int(v) for v in args.vocab_sizes.split(',')]
     gpt2 = get_encoding('gpt2')
@@ -116,6 +124,26 @@ def main():
         _, seconds = train(docs, sizes[-1], repeat)
         print(f"\ntraining time of a {sizes[-1]:,}-token BPE on {repeat * n_bytes(docs) / 1e6:.0f} MB (C4 x {repeat}): "
               f"{seconds:.1f} s on {os.cpu_count()} CPUs")
+    if args.samples:
+        samples = [parse_size(s) for s in args.samples.split(',')]
+        print("\nbytes per token of an 8k vocabulary by how much text it was trained on")
+        print("| corpus | " + " | ".join(f"{s / 2**20:g} MiB" for s in samples) + " |")
+        print("| --- | " + " | ".join("---:" for _ in samples) + " |")
+        for name, docs in all_docs.items():
+            cut = len(docs) * 9 // 10
+            held_out, cells = docs[cut:], []
+            for s in samples:
+                if s > n_bytes(docs[:cut]):
+                    cells.append("")
+                    continue
+                try:
+                    text, _ = bpe_trainer.train(Corpus(batches=[docs[:cut]], name=name), 8192, s)
+                except UserError:
+                    cells.append("too little text")
+                    continue
+                enc = Codec({'tokenizer': 'bpe', 'tokenizer_json': text}).enc
+                cells.append(f"{n_bytes(held_out) / sum(len(enc.encode_ordinary(d)) for d in held_out):.2f}")
+            print(f"| {name} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == '__main__':

@@ -25,7 +25,7 @@ from nanogpt.errors import UserError
 from nanogpt.tokenizer import bpe_encoding, get_encoding, parse_tokenizer_json
 
 # Measured with bench/prepare_bpe.py (GPT-2, C4 web text; docs/data.md, "Choosing the workers"), for --num_workers auto;
-# a trained tokenizer runs on the same encoder at 0.94-1.03x this speed (bench/bpe_vocab.py), so they hold for it too
+# a trained tokenizer runs on the same encoder at 0.85-1.03x this speed (bench/bpe_vocab.py), so they hold for it too
 SPEED = Speed(mb_per_s=12.7, ray_efficiency=0.7, gil_share=0.2)
 BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
 TOKENIZER_SAMPLE = 100 * 10**6  # bytes a trained tokenizer learns from (docs/data.md, "When to train one, and how big")
