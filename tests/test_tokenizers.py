@@ -61,12 +61,12 @@ def all_pairs_tokenizer(path):
 
 @pytest.fixture(scope='module')
 def work(tmp_path_factory):
-    """A working directory with the corpora of the end-to-end runs: the first 200 kB of TinyStories and of
+    """A working directory with the corpora of the end-to-end runs: the first 100 kB of TinyStories and of
     tiny shakespeare (stories, and paragraphs as documents), and the uint32 tokenizer."""
     work = tmp_path_factory.mktemp('tokenizers')
-    stories = shared_file('tinystories_train_head2MiB.txt').read_bytes()[:200_000].decode('utf-8', 'ignore')
+    stories = shared_file('tinystories_train_head2MiB.txt').read_bytes()[:100_000].decode('utf-8', 'ignore')
     (work / 'stories.txt').write_text(stories[:stories.rindex(EOT)] + EOT.join([''] + TEXTS))
-    plays = shared_file('tinyshakespeare.txt').read_text()[:200_000]
+    plays = shared_file('tinyshakespeare.txt').read_text()[:100_000]
     (work / 'plays.txt').write_text(EOT.join(plays.split('\n\n') + TEXTS))
     all_pairs_tokenizer(work / 'pairs.json')
     return work
