@@ -4,6 +4,7 @@ the documents (seed 2357) go to val.bin; every document ends with <|endoftext|> 
     python data/openwebtext/prepare.py                               # HF Skylion007/openwebtext, ~54 GB of cache
     python data/openwebtext/prepare.py --streaming --max_tokens 1e9  # no full download
     python data/openwebtext/prepare.py --input shards/*.jsonl.gz     # local files, offline
+    python data/openwebtext/prepare.py --tokenizer=bpe --vocab_size=32768   # a tokenizer trained on the corpus
 """
 import os
 

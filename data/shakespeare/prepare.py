@@ -3,6 +3,7 @@ are train.bin and the last 10% val.bin, each encoded as one document followed by
 
     python data/shakespeare/prepare.py                   # downloads input.txt once
     python data/shakespeare/prepare.py --input my.txt    # any local text file, no network
+    python data/shakespeare/prepare.py --tokenizer=bpe --vocab_size=4096   # a tokenizer trained on the text
 """
 import os
 
