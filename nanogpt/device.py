@@ -4,16 +4,13 @@ autocast context of the forward passes, whether torch.compile can build kernels 
 device's peak FLOP/s for MFU (a GPU's from its data sheet, a CPU's measured once and cached).
 """
 
-import json
-import os
-import platform
 import time
 from contextlib import nullcontext
 
 import torch
 
 from nanogpt.errors import ConfigError, UserError
-from nanogpt.files import atomic_write, cache_dir
+from nanogpt.files import cached_measurement
 
 
 def resolve_device(requested):
@@ -105,14 +102,7 @@ def gpu_peak_flops(name, dtype):
 def measured_cpu_peak(dtype):
     """A CPU's matmul peak for dtype on this process's threads: the best of a few large matmuls,
     measured once per CPU model, thread count and dtype, then read from a cache file."""
-    cache_path = cache_dir('cpu_peak_flops.json')
-    key = f"{platform.processor() or platform.machine()}|{cpu_model()}|{torch.get_num_threads()} threads|{dtype}"
-    try:
-        with open(cache_path) as f:
-            cache = json.load(f)
-    except (OSError, ValueError):
-        cache = {}
-    if key not in cache:
+    def measure():
         n = 2048
         generator = torch.Generator().manual_seed(0)  # its own: the run's random streams stay untouched
         a = torch.randn(n, n, dtype=getattr(torch, dtype), generator=generator)
@@ -122,20 +112,8 @@ def measured_cpu_peak(dtype):
             t0 = time.perf_counter()
             a @ b
             best = min(best, time.perf_counter() - t0)
-        cache[key] = 2 * n ** 3 / best
-        try:
-            os.makedirs(os.path.dirname(cache_path), exist_ok=True)
-            with atomic_write(cache_path, 'w') as f:  # several ranks may measure at once
-                json.dump(cache, f, indent=1)
-        except OSError:
-            pass  # measured again next time
-    return cache[key], (f"{dtype} matmul peak measured on this CPU with {torch.get_num_threads()} threads "
-                        f"(cached in {cache_path}; delete it to measure again)")
-
-
-def cpu_model():
-    try:
-        with open('/proc/cpuinfo') as f:
-            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
-    except OSError:
-        return ''
+        return 2 * n ** 3 / best
+    peak, cache_path = cached_measurement('cpu_peak_flops.json', f"{torch.get_num_threads()} threads|{dtype}",
+                                          measure, valid=lambda flops: flops > 0)
+    return peak, (f"{dtype} matmul peak measured on this CPU with {torch.get_num_threads()} threads "
+                  f"(cached in {cache_path}; delete it to measure again)")

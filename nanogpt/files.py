@@ -1,19 +1,57 @@
 """
 Writing files so that a kill at any moment (SIGKILL, a full disk, a power cut) leaves either the
 old file or the new one, never a part of either; and the one folder where downloads and
-measurements are kept between runs.
+measurements are kept between runs, with the measurements of this machine's CPU in it.
 """
 
 import contextlib
 import glob
+import json
 import os
+import platform
 
 
 def cache_dir(*parts):
     """$XDG_CACHE_HOME/nanogpt (default ~/.cache/nanogpt), joined with parts: HellaSwag's download,
-    the CPU's measured peak FLOP/s."""
+    the CPU's measured peak FLOP/s, the data pipelines' speed on this CPU."""
     root = os.environ.get('XDG_CACHE_HOME') or os.path.expanduser('~/.cache')
     return os.path.join(root, 'nanogpt', *parts)
+
+
+def cached_measurement(file_name, key, measure, valid):
+    """What measure() gives on this CPU for key (e.g. a thread count and a dtype), measured once per CPU
+    model and key, then read from cache_dir(file_name): (value, the cache file's path). An entry that is
+    missing, or that valid(entry) rejects (a file edited or cut short), is measured again."""
+    path = cache_dir(file_name)
+    key = f"{platform.processor() or platform.machine()}|{cpu_model()}|{key}"
+    try:
+        with open(path) as f:
+            cache = json.load(f)
+        if not isinstance(cache, dict):
+            cache = {}
+    except (OSError, ValueError):
+        cache = {}
+    try:
+        ok = valid(cache[key])
+    except (KeyError, IndexError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        cache[key] = measure()
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with atomic_write(path, 'w') as f:  # several processes may measure at once
+                json.dump(cache, f, indent=1)
+        except OSError:
+            pass  # measured again next time
+    return cache[key], path
+
+
+def cpu_model():
+    try:
+        with open('/proc/cpuinfo') as f:
+            return next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), '')
+    except OSError:
+        return ''
 
 
 @contextlib.contextmanager
