@@ -20,13 +20,13 @@ from nanogpt.data import bpe_trainer
 from nanogpt.data.cli import ArgumentParser, add_common_args, check_args, parse_size
 from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mask, write_error
 from nanogpt.data.sources import Corpus, check_inputs, chunk_documents, chunk_progress, load_hf_dataset
-from nanogpt.data.workers import Speed, Workers, choose_workers
+from nanogpt.data.workers import Workers, choose_workers, measured_speed
 from nanogpt.errors import UserError
 from nanogpt.tokenizer import bpe_encoding, get_encoding, parse_tokenizer_json
 
-# Measured with bench/prepare_bpe.py (GPT-2, C4 web text; docs/data.md, "Choosing the workers"), for --num_workers auto;
-# a trained tokenizer runs on the same encoder at 0.85-1.03x this speed (bench/bpe_vocab.py), so they hold for it too
-SPEED = Speed(mb_per_s=12.7, ray_efficiency=0.7, gil_share=0.2)
+# N Ray workers run RAY_EFFICIENCY * N times as fast as one (bench/prepare_bpe.py; docs/data.md, "Choosing the
+# workers"); one worker's speed and the threads' are measured on the CPU at hand (speed())
+RAY_EFFICIENCY = 0.7
 BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
 TOKENIZER_SAMPLE = 100 * 10**6  # bytes a trained tokenizer learns from (docs/data.md, "When to train one, and how big")
 
@@ -79,6 +79,15 @@ def encode_chunk(chunk, dtype, split, vocab):
     return chunk_progress(chunk, sum(map(len, docs))), ids.astype(dtype), lens, split
 
 
+def speed(vocab):
+    """The Speed of this pipeline on this CPU, for --num_workers auto, measured with the run's own encoder and
+    cached as one figure for every BPE: all run on tiktoken's encoder, a trained one at 0.85-1.03x GPT-2's speed
+    (bench/bpe_vocab.py)."""
+    dtype = dtype_for(bpe_encoding(vocab).n_vocab)
+    return measured_speed('bpe', lambda chunk: encode_chunk(chunk, dtype, None, vocab), 1 << 19,
+                          RAY_EFFICIENCY, threads=True)
+
+
 def prepare(corpus, out_dir, tokenizer='gpt2', vocab_size=None, tokenizer_sample=TOKENIZER_SAMPLE, val_fraction=0.0005,
             seed=2357, num_workers=1, chunk_size=1 << 20, ray_address=None, max_tokens=None, splits=None):
     """Write out_dir/train.bin, val.bin and meta.json (and tokenizer.json for a byte-level BPE) for a
@@ -99,7 +108,7 @@ def prepare(corpus, out_dir, tokenizer='gpt2', vocab_size=None, tokenizer_sample
     n_bytes = corpus.text_bytes()
     if max_tokens is not None:  # the work is what the budget needs
         n_bytes = min(n_bytes or float('inf'), int(max_tokens * BYTES_PER_TOKEN))
-    plan = choose_workers(num_workers, n_bytes, SPEED, ray_address)
+    plan = choose_workers(num_workers, n_bytes, lambda: speed(vocab), ray_address)
     with Output(out_dir) as out, Workers(plan) as workers:  # a bad --out_dir fails before Ray starts
         files = {s: out.open(s) for s in ('train', 'val')}
         try:

@@ -29,12 +29,13 @@ import numpy as np
 
 from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mask, write_at
 from nanogpt.data.sources import SEPARATOR, chunk_documents, chunk_progress, is_text_file, read_range
-from nanogpt.data.workers import Speed, Workers, choose_workers
+from nanogpt.data.workers import Workers, choose_workers, measured_speed
 from nanogpt.errors import UserError
 
-# Measured with bench/prepare_char.py (TinyStories; docs/data.md, "Choosing the workers"), for --num_workers auto.
-# No threads: bytes.translate and the splits hold the GIL.
-SPEED = Speed(mb_per_s=165.0, ray_efficiency=0.6)
+# N Ray workers run RAY_EFFICIENCY * N times as fast as one (bench/prepare_char.py; docs/data.md, "Choosing the
+# workers"): the driver's share and each task's scheduling, which Ray adds on any CPU; one worker's speed is
+# measured on the CPU at hand (speed()).
+RAY_EFFICIENCY = 0.6
 SEP = SEPARATOR.encode()
 NO_INT = np.zeros(0, np.int64)
 
@@ -203,13 +204,30 @@ def _write(path, offset, arr):
             write_at(f, offset, arr)
 
 
+def _calibration_work(chunk):
+    """Both passes over one chunk of a .txt file, its tokens written beside it: one worker's work per chunk."""
+    _, present, _ = scan_chunk(chunk, True)
+    lut = np.zeros(0x110000, np.uint16)
+    lut[present] = np.arange(len(present), dtype=np.uint16)
+    paths = {s: f"{chunk[1]}.{s}.bin" for s in ('train', 'val')}
+    for path in paths.values():
+        open(path, 'wb').close()
+    encode_chunk(chunk, (0, 0, 0, 0, 0.0), True, lut, len(present), np.uint16, paths)
+
+
+def speed():
+    """The Speed of this pipeline on this CPU, for --num_workers auto. No threads: bytes.translate and the
+    splits hold the GIL (2 threads ran at 0.83x one)."""
+    return measured_speed('char', _calibration_work, 4 << 20, RAY_EFFICIENCY, threads=False)
+
+
 # ----------------------------------------------------------------------------- driver
 
 def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk_size=8 << 20, ray_address=None):
     """Write out_dir/train.bin, val.bin and meta.json for a Corpus. num_workers: a number or 'auto'
     (workers.choose_workers). Returns meta."""
     sep = SEPARATOR if stories else None
-    plan = choose_workers(num_workers, corpus.text_bytes(), SPEED, ray_address)
+    plan = choose_workers(num_workers, corpus.text_bytes(), speed, ray_address)
     with Output(out_dir) as out, Workers(plan) as workers:  # a bad --out_dir fails before Ray starts
         group = corpus.chunks_per_task(chunk_size, workers.num_workers)
         # pass 1: vocabulary and, per chunk, where its tokens go

@@ -1,17 +1,21 @@
 """
 Who does the work: an ordered, bounded map (Workers) over Ray tasks (a local Ray, or a cluster with
 --ray_address), threads of this process, or plain calls in this process; and choose_workers(), which
-picks among them for --num_workers auto. Results come back in order, so the output does not depend on
-the worker count.
+picks among them for --num_workers auto, by the pipeline's speed measured on this CPU (measured_speed).
+Results come back in order, so the output does not depend on the worker count.
 """
 
 import collections
+import hashlib
 import os
+import random
 import sys
 import tempfile
+import time
 from typing import NamedTuple, Optional
 
 from nanogpt.errors import UserError
+from nanogpt.files import cached_measurement
 
 MiB = 1 << 20
 
@@ -22,14 +26,118 @@ MiB = 1 << 20
 RAY_FIXED_S = 6.7
 
 
+# Threads run only where they are predicted to run at least this much faster than one worker: a smaller gain
+# is within the noise of a short measurement, and threads that share the GIL slow each other down
+THREADS_MIN_SPEEDUP = 1.1
+
+
 class Speed(NamedTuple):
-    """A pipeline's measured speed (bench/prepare_char.py, bench/prepare_bpe.py), which --num_workers auto
-    weighs against RAY_FIXED_S. The figures are from one machine, but a faster one also starts Ray faster,
-    so the corpus size where Ray starts to pay off moves less than either."""
+    """A pipeline's speed on this CPU (measured_speed), which --num_workers auto weighs against RAY_FIXED_S."""
     mb_per_s: float  # one worker in this process, input MB per second
     ray_efficiency: float  # N Ray workers run ray_efficiency * N times as fast as one (the driver's share included)
     gil_share: Optional[float] = None  # share of one worker's time that holds the GIL: N threads of this process
     # run 1 / (gil_share + (1 - gil_share) / N) times as fast as one (Amdahl); None: no threads
+    source: str = ''  # where the figures come from, for the log
+
+
+def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
+    """A pipeline's Speed on this CPU. work(chunk) runs the pipeline's own per-chunk function on a chunk of
+    a .txt file: a fixed sample of sample_bytes (calibration_text), in a temporary folder. It is timed
+    alone and (threads: where the work releases the GIL) on 2 threads at once, within about a second,
+    once per CPU model, CPU count and pipeline, then read from a cache file. ray_efficiency: what Ray's
+    driver and scheduling leave of N workers' speed-up on cores that run N things at once.
+    The CPU matters: one worker's speed sets where Ray's start-up pays off, and how well 2 threads scale
+    (2 cores, or 2 hyperthreads of one) whether threads, or Ray, beat one worker."""
+    cpus = available_cpus()
+    (mb_per_s, gil_share, cores, quiet), path = cached_measurement(
+        'worker_speed.json', f"{cpus} cpus|{pipeline}", lambda: _calibrate(work, sample_bytes, threads, cpus > 1),
+        valid=_usable)
+    where = f"cached in {path}" if quiet else "not cached: other processes were using the CPUs"
+    # Ray's workers are processes: they scale as the cores do, which 2 hyperthreads of one core, or cores
+    # that other jobs hold, do not
+    return Speed(mb_per_s, ray_efficiency * min(1.0, cores / 2), gil_share,
+                 f"{pipeline} speed measured on this CPU, {where}")
+
+
+def _usable(entry):
+    """Whether a cached [MB/s, GIL share or None, 2 cores' speed-up, quiet] (_calibrate) can be used."""
+    mb_per_s, gil_share, cores, quiet = entry
+    return mb_per_s > 0 and (gil_share is None or 0 <= gil_share <= 1) and 0 < cores <= 2 and quiet is True
+
+
+def _calibrate(work, sample_bytes, threads, parallel, rounds=3):
+    """[one thread's MB/s, the GIL share that explains 2 threads' speed-up (Amdahl) or None, the speed-up of
+    2 cores (2 threads hashing, which holds no GIL), quiet]. One and two threads take turns, and the best
+    round of each counts. quiet: other processes used under a tenth of a CPU meanwhile; if not, the figures
+    hold for this run, on the busy machine, but are measured again next time, so that a busy moment does
+    not stay in the cache."""
+    from concurrent.futures import ThreadPoolExecutor
+    start, others = time.perf_counter(), _others_cpu_seconds()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'sample.txt')
+        with open(path, 'wb') as f:
+            f.write(calibration_text(sample_bytes))
+        n_bytes = os.path.getsize(path)
+        chunk = ('file', path, 0, n_bytes, True, None)  # as Corpus.chunks cuts a .txt file
+        block = os.urandom(4 << 20)
+        work(chunk)  # first-call costs (imports, an encoder's tables) are no part of the speed
+        best = collections.defaultdict(lambda: float('inf'))
+        timings = [('one', work, chunk, 1), ('hash', _hash, block, 1)]
+        if parallel:
+            timings += [('two', work, chunk, 2)] * threads + [('hashes', _hash, block, 2)]
+        with ThreadPoolExecutor(2) as pool:
+            for _ in range(rounds):
+                for name, fn, arg, n in timings:
+                    t0 = time.perf_counter()
+                    list(pool.map(fn, [arg] * n))
+                    best[name] = min(best[name], time.perf_counter() - t0)
+    quiet = _others_cpu_seconds() - others < 0.1 * (time.perf_counter() - start)
+    # Amdahl with N = 2: 1 / speed-up = g + (1 - g) / 2, where the speed-up is 2 * one / two
+    gil_share = min(1.0, max(0.0, best['two'] / best['one'] - 1)) if threads and parallel else None
+    cores = min(2.0, 2 * best['hash'] / best['hashes']) if parallel else 1.0
+    return [n_bytes / best['one'] / 1e6, gil_share, cores, quiet]
+
+
+def _hash(block):
+    hashlib.sha256(block).digest()
+
+
+def _others_cpu_seconds():
+    """CPU seconds that other processes (and a hypervisor's steal) have used on this process's CPUs, per
+    /proc/stat; 0 where there is none to read."""
+    try:
+        mine = os.sched_getaffinity(0)
+        with open('/proc/stat') as f:
+            rows = [line.split() for line in f if line.startswith('cpu') and line[3].isdigit()]
+    except (OSError, AttributeError):
+        return 0.0
+    # user nice system [idle iowait] irq softirq steal
+    busy = sum(sum(map(int, r[1:4] + r[6:9])) for r in rows if int(r[0][3:]) in mine)
+    t = os.times()
+    return busy / os.sysconf('SC_CLK_TCK') - t.user - t.system
+
+
+def calibration_text(n_bytes):
+    """About n_bytes of documents separated by <|endoftext|>, as UTF-8: the fixed sample that measured_speed
+    times every pipeline on, on any machine. English words, 15% made-up ones (which GPT-2's BPE splits, as
+    it does the rarer words of web text: 4.3-4.6 bytes per token, as C4's 4.5) and 1% with multi-byte
+    characters (which the char pipeline decodes apart)."""
+    words = ("once upon a time there was a little girl named Lily who loved to play in the park with her dog. "
+             "The committee’s quarterly report, published on Tuesday, estimated that approximately 1,250 households "
+             "would be affected by the proposed infrastructure investments; however, several independent researchers "
+             "questioned its methodology (see www.example.org/reports/2024-q3) and recommended a review.").split()
+    syllables = "an ber con de er ex in ka lo ment mi or pre qu ri sta tion ul ve zo".split()
+    rare = "café naïve résumé 東京 😊".split()
+    rng = random.Random(0)
+
+    def word():
+        r = rng.random()
+        if r < 0.01:
+            return rng.choice(rare)
+        return ''.join(rng.choices(syllables, k=rng.randrange(2, 5))) if r < 0.16 else rng.choice(words)
+    docs = [' '.join(word() for _ in range(rng.randrange(50, 400))) for _ in range(64)]
+    block = ''.join(doc + '\n<|endoftext|>\n' for doc in docs).encode()
+    return block * max(1, n_bytes // len(block))
 
 
 class Plan(NamedTuple):
@@ -44,7 +152,8 @@ class Plan(NamedTuple):
 def choose_workers(requested, n_bytes, speed, ray_address=None, cpus=None):
     """The Plan for --num_workers (a number, or 'auto') on a corpus of about n_bytes (None: unknown, e.g.
     streaming). auto: Ray with --ray_address; else the fastest of one worker in this process, threads
-    (where speed allows), or a local Ray on every CPU, counting Ray's fixed start-up and shutdown cost."""
+    (where speed allows), or a local Ray on every CPU, counting Ray's fixed start-up and shutdown cost.
+    speed: a Speed, or a function that returns one (measured_speed), called only where auto needs it."""
     if isinstance(requested, Plan):  # chosen by the caller (a benchmark)
         return requested
     if requested != 'auto':
@@ -52,20 +161,23 @@ def choose_workers(requested, n_bytes, speed, ray_address=None, cpus=None):
         return Plan(kind, requested, f"--num_workers {requested}", ray_address)
     if ray_address is not None:
         return Plan('ray', None, f"--ray_address {ray_address}", ray_address)
+    speed = speed() if callable(speed) else speed
     cpus = cpus or available_cpus()
     size = f"{n_bytes / 1e6:,.0f} MB" if n_bytes is not None else "corpus size unknown"
     local = Plan('process', 1, '')
     local_speedup = 1.0
     if speed.gil_share is not None and cpus > 1:
-        local = Plan('threads', cpus, '')
-        local_speedup = 1 / (speed.gil_share + (1 - speed.gil_share) / cpus)
+        threads_speedup = 1 / (speed.gil_share + (1 - speed.gil_share) / cpus)
+        if threads_speedup >= THREADS_MIN_SPEEDUP:
+            local, local_speedup = Plan('threads', cpus, ''), threads_speedup
     ray_speedup = speed.ray_efficiency * cpus
+    source = f"; {speed.source}" if speed.source else ''
     if ray_speedup <= local_speedup:
         return local._replace(reason=f"{size}; on {cpus} CPU{'s' * (cpus > 1)} Ray would run at {ray_speedup:.2f}x "
-                                     f"one worker, this process at {local_speedup:.2f}x")
+                                     f"one worker, this process at {local_speedup:.2f}x{source}")
     # Ray wins when the time it saves, n_bytes / rate * (1 / local_speedup - 1 / ray_speedup), exceeds its fixed cost
     threshold = RAY_FIXED_S * speed.mb_per_s * 1e6 / (1 / local_speedup - 1 / ray_speedup)
-    why = f"Ray's ~{RAY_FIXED_S:g} s start-up pays off above {threshold / 1e6:,.0f} MB on {cpus} CPUs"
+    why = f"Ray's ~{RAY_FIXED_S:g} s start-up pays off above {threshold / 1e6:,.0f} MB on {cpus} CPUs{source}"
     if n_bytes is not None and n_bytes <= threshold:
         return local._replace(reason=f"{size}; {why}")
     return Plan('ray', cpus, f"{size}; {why}")
