@@ -93,7 +93,8 @@ def measure_variant(script, mode, workers, corpus, out_dir, chunk_size):
     res = [json.loads(line[7:]) for line in out.splitlines() if line.startswith('RESULT ')]
     if rc or not res:
         sys.exit(f"{mode} with {workers} worker(s) failed:\n{out}")
-    return dict(res[0], wall=wall, peak=peak, cpu=cpu)
+    chose = next((line for line in out.splitlines() if line.startswith('workers:')), '')
+    return dict(res[0], wall=wall, peak=peak, cpu=cpu, chose=chose)
 
 
 def run_script(script, args, out_dir):
@@ -138,11 +139,48 @@ def end_to_end(script, corpus, workers, repeat, work_dir, baseline=None):
     return best
 
 
+# the options --num_workers auto chooses among (choose_workers), as --num_workers values or a Plan
+OPTIONS = ('1 worker', 'threads', 'Ray', 'auto')
+
+
+def option(mode, workers):
+    """What a --choice child passes as num_workers for an option: as the command line does, or a Plan for
+    threads, which only auto can choose."""
+    from nanogpt.data.workers import Plan
+    return {'1 worker': 1, 'threads': Plan('threads', workers, 'benchmark: threads'), 'Ray': workers,
+            'auto': 'auto'}[mode]
+
+
+def choice(script, args, corpus, references=()):
+    """--choice: every option of --num_workers auto (OPTIONS, N = --workers) and the references, each a
+    fresh process timed whole (Python start, imports, the speed measurement or Ray's start and shutdown
+    included), the fastest of --repeat runs; the order rotates each round, so that no option always runs
+    after the same one. Prints each, auto's time over the best option's, each reference's over auto's, and
+    whether auto's bins equal one worker's."""
+    names = list(OPTIONS) + list(references)
+    runs = {name: [] for name in names}
+    for i in range(args.repeat):
+        for name in names[i % len(names):] + names[:i % len(names)]:
+            out_dir = os.path.join(args.work_dir, 'choice_' + name.replace(' ', '_'))
+            runs[name].append(measure_variant(script, name, args.workers, corpus, out_dir, args.chunk_size))
+    best = {name: min(r, key=lambda x: x['wall']) for name, r in runs.items()}
+    for name in names:
+        print(f"  {name:>16}: {best[name]['wall']:7.2f} s (runs {[round(r['wall'], 2) for r in runs[name]]}), peak "
+              f"RSS {best[name]['peak'] / 2**20:5.0f} MiB  {best[name]['chose']}", flush=True)
+    fastest = min(OPTIONS, key=lambda name: best[name]['wall'])
+    line = f"  auto / best option ({fastest}): {best['auto']['wall'] / best[fastest]['wall']:.2f}"
+    for ref in references:
+        line += f"; {ref} / auto: {best[ref]['wall'] / best['auto']['wall']:.2f}x"
+    same = same_bins(*(os.path.join(args.work_dir, 'choice_' + n) for n in ('auto', '1_worker')))
+    print(f"{line}; identical bins: {same}; load average: {load_average()}", flush=True)
+    return best
+
+
 def derived_figures(one, ray_n, threads_n, workers, mb):
-    """The figures --num_workers auto weighs (data/pipeline.Speed, RAY_FIXED_S), from the variants' results:
+    """The figures --num_workers auto weighs (nanogpt.data.workers: Speed, RAY_FIXED_S), from the variants' results:
     one worker's MB/s, Ray's efficiency (speed-up / N), the GIL share that explains the threads' speed-up
     (Amdahl: speed-up = 1 / (g + (1 - g) / N)) and Ray's fixed cost (import, start, shutdown)."""
-    line = f"figures for data/pipeline.py: one worker {mb / one['seconds']:.1f} MB/s"
+    line = f"figures for nanogpt/data/workers.py: one worker {mb / one['seconds']:.1f} MB/s"
     if ray_n:
         fixed = ray_n['ray_import'] + ray_n['ray_init'] + ray_n['ray_shutdown']
         line += (f"; Ray {workers} workers {one['seconds'] / ray_n['seconds']:.2f}x, efficiency "
@@ -171,6 +209,9 @@ def parser(doc, size, chunk_size, work_dir_name, skip_reference_help):
     p.add_argument('--wait_idle', action='store_true',
                    help='on a shared machine: start each timed run only once the CPUs are idle')
     p.add_argument('--baseline', metavar='DIR', help='with --end_to_end: also time the default of the checkout in DIR')
+    p.add_argument('--choice', action='store_true',
+                   help="time every option --num_workers auto chooses among (1 worker, N threads, N Ray workers) and "
+                        "auto itself, each process timed whole: auto's time over the best option's")
     p.add_argument('--_child'), p.add_argument('--_workers', type=int), p.add_argument('--_corpus'), p.add_argument('--_out')
     return p
 

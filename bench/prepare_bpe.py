@@ -10,6 +10,7 @@ round trip) is timed apart, as in bench/prepare_char.py. Needs TIKTOKEN_CACHE_DI
 
     python bench/prepare_bpe.py --size 200M --workers 2 --threads --repeat 3
     python bench/prepare_bpe.py --size 100M --workers 2 --end_to_end --repeat 3   # the script, as a user runs it
+    python bench/prepare_bpe.py --size 1G --workers 2 --choice --repeat 2         # auto vs each option, and tiktoken
 """
 import gzip
 import json
@@ -54,6 +55,14 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
                     out.write(np.array(ids, np.uint16).tobytes())
                     n_tokens += len(ids)
         dt = time.perf_counter() - t0
+    elif mode in harness.OPTIONS:  # --choice: one run, as a user's
+        from nanogpt.data import bpe
+        from nanogpt.data.sources import Corpus
+        t0 = time.perf_counter()
+        meta = bpe.prepare(Corpus([corpus]), out_dir, val_fraction=0.0005, seed=2357,
+                           num_workers=harness.option(mode, workers), chunk_size=chunk_size)
+        dt = time.perf_counter() - t0
+        n_tokens = meta['train_tokens'] + meta['val_tokens']
     else:
         from nanogpt.data import bpe
         from nanogpt.data.sources import Corpus
@@ -82,6 +91,9 @@ def main():
     mb = os.path.getsize(corpus) / 1e6
     print(f"corpus {corpus} ({mb:.0f} MB of JSON lines), {os.cpu_count()} CPUs, load average before: "
           f"{harness.load_average()}", flush=True)
+    if args.choice:
+        harness.choice(__file__, args, corpus, () if args.skip_reference else ('tiktoken_1thread',))
+        return
     if args.end_to_end:
         harness.end_to_end('data/openwebtext/prepare.py', corpus, args.workers, args.repeat, args.work_dir,
                            args.baseline)

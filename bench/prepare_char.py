@@ -8,13 +8,14 @@ preparation itself; Ray start-up (data.pipeline.start_ray: ray.init and a first 
 once per run, or not at all on a running cluster) is timed and shown separately, and "wall" is the
 whole subprocess (Python start, imports, Ray, both runs). Each pipeline variant runs twice in its
 process: the first run is the one reported; "second run" is the same job again with warm workers.
-The last line gives the figures that data/pipeline.py's --num_workers auto is based on (one worker's
+The last line gives the figures that nanogpt/data/workers.py's --num_workers auto weighs (one worker's
 MB/s, Ray's efficiency, Ray's fixed cost: import + start + shutdown). --end_to_end instead times
 data/tinystories_char/prepare.py as a user runs it, default beside --num_workers 1 and N.
 
     python bench/prepare_char.py --size 256M --workers 2 --repeat 3
     python bench/prepare_char.py --size 1G --workers 2 --skip_reference --repeat 3
     python bench/prepare_char.py --size 1G --workers 2 --end_to_end --repeat 3   # the script, as a user runs it
+    python bench/prepare_char.py --size 1G --workers 2 --choice --repeat 2       # auto vs each option it weighs
 """
 import json
 import os
@@ -54,6 +55,13 @@ def run_variant(mode, corpus, workers, chunk_size, out_dir):
         ids.tofile(os.path.join(out_dir, 'reference.bin'))
         res = dict(seconds=time.perf_counter() - t0, ray_init=0.0)
         res['warm'] = res['seconds']
+    elif mode in harness.OPTIONS:  # --choice: one run, as a user's
+        from nanogpt.data import char
+        from nanogpt.data.sources import Corpus
+        t0 = time.perf_counter()
+        char.prepare(Corpus([corpus]), out_dir, stories=True, val_fraction=0.01, seed=2357,
+                     num_workers=harness.option(mode, workers), chunk_size=chunk_size)
+        res = dict(seconds=time.perf_counter() - t0)
     else:
         from nanogpt.data import char
         from nanogpt.data.sources import Corpus
@@ -86,6 +94,9 @@ def main():
     mb = os.path.getsize(corpus) / 1e6
     print(f"corpus {corpus} ({mb:.0f} MB), {os.cpu_count()} CPUs, load average before: {harness.load_average()}",
           flush=True)
+    if args.choice:
+        harness.choice(__file__, args, corpus)
+        return
     if args.end_to_end:
         harness.end_to_end('data/tinystories_char/prepare.py', corpus, args.workers, args.repeat, args.work_dir,
                            args.baseline)
