@@ -127,7 +127,7 @@ _board = None  # the FailureBoard of a run with several ranks
 
 def setup(launch, device, backend='auto', timeout_s=600):
     """Join the process group when there are several ranks; return the device this rank uses."""
-    global _cpu_group
+    global _cpu_group, rank_hosts, _board
     if not launch.ddp:
         return device
     if device.startswith('cuda'):
@@ -158,7 +158,6 @@ def setup(launch, device, backend='auto', timeout_s=600):
                         f"them started and reach that address" + (f", and that {interfaces} names this host's "
                                                                    f"network interface" if interfaces else "")) from None
     _cpu_group = None if backend == 'gloo' else dist.new_group(backend='gloo', timeout=timeout)
-    global rank_hosts, _board
     rank_hosts = [None] * launch.world_size
     dist.all_gather_object(rank_hosts, os.uname().nodename, group=_cpu_group)
     _board = FailureBoard(launch)

@@ -42,7 +42,7 @@ TRAIN = [*TINY_MODEL, '--dataset=shakespeare_char', f'--max_iters={ITERS}', '--e
 TOKENS_PER_ITER = 2 * 4 * 32
 # runs that only end when something stops them
 ENDLESS = [*TRAIN, '--max_iters=1000000', '--eval_interval=1000000']
-DDP_TIMEOUT = 20
+DDP_TIMEOUT = 12
 # the GPU script's resources, overridden for this cluster: one CPU task per host, no GPU
 TWO_NODES = ['--nodes=2', '--ntasks-per-node=1', '--cpus-per-task=1', '--gpus-per-node=0', '--time=10']
 ENDED = ('COMPLETED', 'FAILED', 'CANCELLED', 'TIMEOUT', 'NODE_FAIL', 'OUT_OF_MEMORY', 'BOOT_FAIL', 'DEADLINE')

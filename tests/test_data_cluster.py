@@ -45,7 +45,8 @@ def test_joining_without_token_auth_is_a_one_line_error(tmp_path, ray_cluster):
     address, _ = ray_cluster
     corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
     r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path, '--ray_address', address,
-                    env={'RAY_AUTH_MODE': 'disabled'})  # the default: forgotten
+                    # the default: forgotten; Ray tries 3 times, not 20 (a second each), before it gives up
+                    env={'RAY_AUTH_MODE': 'disabled', 'RAY_NUM_REDIS_GET_RETRIES': '3'})
     assert r.returncode != 0 and 'Traceback' not in r.stderr, r.stderr
     assert len(r.stderr.strip().splitlines()) == 1 and 'RAY_AUTH' in r.stderr, r.stderr
     assert not (tmp_path / 'train.bin').exists()
