@@ -4,7 +4,8 @@
 # Idempotent: what already runs is kept, what is missing is (re)built.
 #
 #   bash .ci/start-cluster.sh          env: CLUSTER_DIR (/tmp/cluster2), CLUSTER_NET (10.77.0)
-#   export SLURM_CONF=/tmp/cluster2/slurm.conf     then sinfo, srun, sbatch talk to this cluster
+#   sinfo; srun -N2 hostname           plain commands talk to it (SLURM_CONF=/tmp/cluster2/slurm.conf
+#                                      where the one-node cluster of start-slurm.sh runs too)
 #   .ci/on-host node2 CMD...           runs CMD on a host (its network and hostname)
 #   .ci/link node2 down|up             cuts and restores a host's link
 #   bash .ci/stop-cluster.sh           removes all of it
@@ -15,9 +16,10 @@
 # share the filesystem, as a cluster's nodes share their home directories. slurmctld runs on node1,
 # one slurmd on each host.
 #
-# The config lives in CLUSTER_DIR, not /etc/slurm/slurm.conf: that file belongs to the one-node
-# cluster of .ci/start-slurm.sh, which runs beside this one (tests/test_slurm.py), and SLURM's
-# commands read exactly one config, /etc/slurm/slurm.conf unless SLURM_CONF names another.
+# The config lives in CLUSTER_DIR; SLURM's commands read exactly one config, /etc/slurm/slurm.conf
+# unless SLURM_CONF names another. Alone, this cluster links /etc/slurm/slurm.conf to its own, so plain
+# commands talk to it; beside the one-node cluster of .ci/start-slurm.sh (tests/test_slurm.py, in CI),
+# that file is the one-node cluster's and this one is reached with SLURM_CONF.
 set -euo pipefail
 CLUSTER_DIR=${CLUSTER_DIR:-/tmp/cluster2}
 NET=${CLUSTER_NET:-10.77.0}
@@ -153,4 +155,13 @@ if [ -n "$started" ]; then  # a job step really runs on both hosts (not while jo
   [ "$names" = "node1 node2" ] || { echo "srun -N2 hostname printed '$names', not 'node1 node2'" >&2; exit 1; }
 fi
 sinfo
-echo "two-host cluster running: node1 ($NET.11), node2 ($NET.12); SLURM_CONF=$CONF"
+# Plain sinfo, srun and sbatch read /etc/slurm/slurm.conf: point it at this cluster unless the one-node
+# cluster of .ci/start-slurm.sh owns it (then SLURM_CONF picks this one)
+mkdir -p /etc/slurm
+if [ ! -e /etc/slurm/slurm.conf ] || [ "$(readlink /etc/slurm/slurm.conf)" = "$CONF" ]; then
+  ln -sfn "$CONF" /etc/slurm/slurm.conf
+  echo "two-host cluster running: node1 ($NET.11), node2 ($NET.12); sinfo, srun and sbatch talk to it"
+else
+  echo "two-host cluster running: node1 ($NET.11), node2 ($NET.12); /etc/slurm/slurm.conf is the one-node" \
+       "cluster's: export SLURM_CONF=$CONF"
+fi

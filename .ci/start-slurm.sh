@@ -19,6 +19,8 @@ wait_idle() {
   return 1
 }
 
+# /etc/slurm/slurm.conf is this cluster's: a two-host test cluster started first lent it its own (a link)
+if [ -L /etc/slurm/slurm.conf ]; then rm /etc/slurm/slurm.conf; fi
 if command -v scontrol >/dev/null && scontrol ping 2>/dev/null | grep -q UP; then
   wait_idle && { echo "SLURM already running"; exit 0; }
 fi

@@ -28,6 +28,7 @@ for h in "${HOSTS[@]}"; do
 done
 ip link del c2br 2>/dev/null
 sed -i '/ # two-host test cluster$/d' /etc/hosts
+[ "$(readlink /etc/slurm/slurm.conf)" = "$SLURM_CONF" ] && rm -f /etc/slurm/slurm.conf
 
 # munged serves the one-node cluster too: stop it only if this cluster started it and no
 # controller of the other one is left to need it
