@@ -180,7 +180,7 @@ def test_auto_follows_the_measured_speed(speed_cache, monkeypatch):
 def test_the_pipelines_measure_their_own_per_chunk_work(speed_cache, monkeypatch):
     monkeypatch.setenv('TIKTOKEN_CACHE_DIR', str(SHARED_DATA / 'tiktoken_cache'))
     c = char.speed()
-    assert c.mb_per_s > 10 and c.gil_share is None and 0 < c.ray_efficiency <= char.RAY_EFFICIENCY  # no threads
+    assert c.mb_per_s > 10 and 0 <= c.gil_share <= 1 and 0 < c.ray_efficiency <= char.RAY_EFFICIENCY
     b = bpe.speed({'tokenizer': 'gpt2'})
     assert 1 < b.mb_per_s < c.mb_per_s and 0 <= b.gil_share <= 1 and 0 < b.ray_efficiency <= bpe.RAY_EFFICIENCY
     assert sorted(k.rsplit('|', 1)[1] for k in json.loads(speed_cache.read_text())) == ['bpe', 'char']

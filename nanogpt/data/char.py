@@ -25,6 +25,8 @@ Two modes:
   probability val_fraction, decided by a hash of (seed, document index): no document straddles the
   split.
 """
+import threading
+
 import numpy as np
 
 from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mask, write_at
@@ -205,20 +207,22 @@ def _write(path, offset, arr):
 
 
 def _calibration_work(chunk):
-    """Both passes over one chunk of a .txt file, its tokens written beside it: one worker's work per chunk."""
+    """Both passes over one chunk of a .txt file, its tokens written beside it (a file per thread): one
+    worker's work per chunk."""
     _, present, _ = scan_chunk(chunk, True)
     lut = np.zeros(0x110000, np.uint16)
     lut[present] = np.arange(len(present), dtype=np.uint16)
-    paths = {s: f"{chunk[1]}.{s}.bin" for s in ('train', 'val')}
+    paths = {s: f"{chunk[1]}.{threading.get_ident()}.{s}.bin" for s in ('train', 'val')}
     for path in paths.values():
         open(path, 'wb').close()
     encode_chunk(chunk, (0, 0, 0, 0, 0.0), True, lut, len(present), np.uint16, paths)
 
 
 def speed():
-    """The Speed of this pipeline on this CPU, for --num_workers auto. No threads: bytes.translate and the
-    splits hold the GIL (2 threads ran at 0.83x one)."""
-    return measured_speed('char', _calibration_work, 4 << 20, RAY_EFFICIENCY, threads=False)
+    """The Speed of this pipeline on this CPU, for --num_workers auto. Threads too: bytes.translate and the
+    splits hold the GIL, but reading, numpy and writing do not, and how that adds up depends on the CPU
+    (2 threads ran at 0.83x one worker on the Xeon of docs/data.md under load, at 1.16x idle)."""
+    return measured_speed('char', _calibration_work, 4 << 20, RAY_EFFICIENCY, threads=True)
 
 
 # ----------------------------------------------------------------------------- driver

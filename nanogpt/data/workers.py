@@ -28,7 +28,7 @@ RAY_FIXED_S = 6.7
 
 # Threads run only where they are predicted to run at least this much faster than one worker: a smaller gain
 # is within the noise of a short measurement, and threads that share the GIL slow each other down
-THREADS_MIN_SPEEDUP = 1.1
+THREADS_MIN_SPEEDUP = 1.05
 
 
 class Speed(NamedTuple):
