@@ -528,6 +528,34 @@ def test_preempted_two_node_job_stops_everywhere_requeues_and_ends_like_the_unin
                         checkpoint.load(reference[0] / 'out' / 'ckpt.pt')['model'])
 
 
+# a user's own batch script that names init_from on its command line, as nanoGPT's users write them
+FROM_SCRATCH = """#!/bin/bash
+srun --kill-on-bad-exit=1 {python} {train} "$@" --init_from=scratch
+"""
+
+
+def test_a_job_that_slurm_requeues_resumes_from_its_checkpoint_whatever_its_command_line_says(jobs, reference,
+                                                                                               tmp_path_factory):
+    workdir = char_workdir(tmp_path_factory, 'cluster-restart')
+    script = workdir / 'from_scratch.sbatch'
+    script.write_text(FROM_SCRATCH.format(python=sys.executable, train=REPO / 'train.py'))
+    job_id = jobs(workdir, *TRAIN, '--out_dir=out', script=script, options=['--requeue', '--open-mode=append'])
+    log = log_of(workdir, job_id)
+    wait_for_training(job_id, log, ready=r'^saving checkpoint to out/ckpt.pt')
+    # what SLURM does by itself to a job that lost a node: stop it, queue it again, rerun the same script
+    slurm('scontrol', 'requeue', job_id)
+    wait_for(job_id, lambda info: info.get('Restarts') == '1' and info.get('JobState') == 'PENDING', 'requeue')
+    slurm('scontrol', 'update', f'JobId={job_id}', 'StartTime=now')
+    info = wait_until_ended(job_id)
+    text = log.read_text()
+    assert (info['JobState'], info['Restarts']) == ('COMPLETED', '1'), text
+    assert ("note: this job was restarted (1 time(s)): it resumes from out/ckpt.pt, not init_from='scratch'"
+            in text and f'done: {ITERS} iterations' in text), text
+    # it went on from the checkpoint rather than over it: the weights of the uninterrupted run, bit for bit
+    assert same_weights(checkpoint.load(workdir / 'out' / 'ckpt.pt')['model'],
+                        checkpoint.load(reference[0] / 'out' / 'ckpt.pt')['model'])
+
+
 def test_out_dir_lock_refuses_a_job_on_the_other_host_and_lets_one_in_once_the_holder_is_killed(jobs,
                                                                                                  tmp_path_factory):
     workdir = char_workdir(tmp_path_factory, 'cluster-lock')
