@@ -80,7 +80,7 @@ def both_ranks(directory):
 def memory_figures(log):
     """{kind: (held, unsharded)} in bytes from train.py's 'memory per rank:' line (held: on the rank that holds
     the most)."""
-    line = re.search(r'^memory per rank: (.*)$', log, re.M)[1]
+    line = re.search(r'^memory per rank: (.*)$', log, re.MULTILINE)[1]
     units = {'B': 1, 'KiB': 2**10, 'MiB': 2**20, 'GiB': 2**30}
     sizes = [float(n) * units[u] for n, u in re.findall(r'([\d.]+) (B|KiB|MiB|GiB)', line)]
     return dict(zip(('weights', 'gradients', 'optimizer state'), zip(sizes[:3], sizes[3:6])))
@@ -193,11 +193,11 @@ PRECISIONS = ['--dtype=bfloat16', '--dtype=float16', '--dtype=float32', '--dtype
 @pytest.mark.slow
 @pytest.mark.parametrize('options', [o + [p] for o, p in zip(OPTION_MIXES, PRECISIONS)],
                          ids=[' '.join(o + [p]) for o, p in zip(OPTION_MIXES, PRECISIONS)])
-def test_architecture_options_and_mixed_precision_train_sharded(workdir, tmp_path, options):
+def test_architecture_options_and_mixed_precision_train_sharded(workdir, tmp_path, options, run_main):
     out = tmp_path / 'out'
     log = finish(torchrun(*TRAIN, *options, '--max_iters=6', '--eval_interval=3', '--parallelism=fsdp',
                           '--peak_flops=1e12', f'--out_dir={out}', cwd=workdir, observe=tmp_path / 'observed'))
-    losses = [float(m) for m in re.findall(r'^iter \d+: loss ([\d.]+)', log, re.M)]
+    losses = [float(m) for m in re.findall(r'^iter \d+: loss ([\d.]+)', log, re.MULTILINE)]
     assert len(losses) == 6 and losses[-1] < losses[0], log
     saved = checkpoint.load(out / 'ckpt')
     for option in options:
@@ -211,7 +211,9 @@ def test_architecture_options_and_mixed_precision_train_sharded(workdir, tmp_pat
         assert set(seen['reduce_dtypes']) == {'torch.float32'}, (rank, seen['reduce_dtypes'])
     trained = torch.load(tmp_path / 'observed' / 'weights.pt')  # what the ranks held at the last save
     assert all(w.dtype == torch.float32 for w in trained.values())
-    run_script('checkpoint.py', 'export', out / 'ckpt', tmp_path / 'model.pt', cwd=workdir)
+    # export and sample in this process (run_main): what a user sees of them is tested elsewhere
+    code, _, err = run_main('checkpoint.py', 'export', out / 'ckpt', tmp_path / 'model.pt', cwd=workdir)
+    assert code == 0, err
     exported = checkpoint.load(tmp_path / 'model.pt')['model']
     assert exported.keys() == trained.keys() == saved['model'].keys()
     assert all(torch.equal(exported[k], trained[k]) and torch.equal(saved['model'][k], trained[k]) for k in trained)
@@ -220,9 +222,9 @@ def test_architecture_options_and_mixed_precision_train_sharded(workdir, tmp_pat
     with torch.no_grad():
         logits = [load_model(str(path), '')[0].eval()(idx, idx)[0] for path in (tmp_path / 'model.pt', out / 'ckpt')]
     assert torch.equal(*logits)
-    sample = run_script('sample.py', f'--init_from={tmp_path / "model.pt"}', '--device=cpu', '--num_samples=1',
-                        '--max_new_tokens=10', '--start=ROMEO:', cwd=workdir).stdout
-    assert sample.startswith('ROMEO:')
+    code, sample, err = run_main('sample.py', f'--init_from={tmp_path / "model.pt"}', '--device=cpu', '--num_samples=1',
+                                 '--max_new_tokens=10', '--start=ROMEO:', cwd=workdir)
+    assert code == 0 and sample.startswith('ROMEO:'), err
 
 
 SAVER = """
@@ -306,7 +308,7 @@ def test_two_rank_checkpoint_resumes_on_one_rank_and_exports_for_sample(referenc
                      '--init_from=resume', cwd=tmp_path).stdout
     assert 'launched as single with 1 rank(s)' in log
     assert 'checkpoint has random states for 2 rank(s), this run has 1' in log
-    assert re.search(rf'^iter {ITERS + 4}: loss', log, re.M)
+    assert re.search(rf'^iter {ITERS + 4}: loss', log, re.MULTILINE)
     ckpt = checkpoint.load(tmp_path / 'out' / 'ckpt')
     assert ckpt['iter_num'] == ITERS + 5 and len(ckpt['rng']) == 1
     assert sorted(p.name for p in (tmp_path / 'out' / 'ckpt').iterdir()) == ['.metadata', '__0_0.distcp', 'state.pt']
