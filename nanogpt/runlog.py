@@ -16,6 +16,7 @@ iteration is missing or logged twice, and wall_s continues from the last line ke
 numbers go to wandb and TensorBoard when asked for; neither is required.
 """
 
+import contextlib
 import json
 import os
 import platform
@@ -82,11 +83,14 @@ class RunLog:
         # an evaluation by eval.py (source) is of a checkpoint the resumed run does not recompute: it stays
         kept = [e for e in read_log(self.path) if e['iter'] < start_iter or e.get('source') == 'eval.py'] \
             if os.path.exists(self.path) else []
-        with atomic_write(self.path, 'w') as f:
-            f.write(''.join(json.dumps(e) + '\n' for e in kept))
-        with atomic_write(os.path.join(out_dir, 'config.json'), 'w') as f:
-            f.write(json.dumps({'config': config, 'provenance': provenance}, indent=2) + '\n')
-        self.file = open(self.path, 'a')
+        config_path = os.path.join(out_dir, 'config.json')
+        with _reported(config_path):
+            with atomic_write(config_path, 'w') as f:
+                f.write(json.dumps({'config': config, 'provenance': provenance}, indent=2) + '\n')
+        with _reported(self.path):
+            with atomic_write(self.path, 'w') as f:
+                f.write(''.join(json.dumps(e) + '\n' for e in kept))
+            self.file = open(self.path, 'a')
         self.wall_offset = max((e.get('wall_s', 0.0) for e in kept), default=0.0)
         self.t0 = time.time()
         self.wandb = wandb_run
@@ -102,8 +106,9 @@ class RunLog:
             return
         entry = {k: v for k, v in entry.items() if v is not None}
         entry['wall_s'] = round(self.wall_offset + time.time() - self.t0, 3)
-        self.file.write(json.dumps(entry) + '\n')
-        self.file.flush()
+        with _reported(self.path):
+            self.file.write(json.dumps(entry) + '\n')
+            self.file.flush()
         metrics = {k: v for k, v in entry.items() if k != 'iter'}
         if self.wandb:
             self.wandb.log(metrics, step=entry['iter'])
@@ -117,6 +122,16 @@ class RunLog:
             self.file.close()
             if self.tensorboard:
                 self.tensorboard.close()
+
+
+@contextlib.contextmanager
+def _reported(path):
+    """A log that cannot be written (a full disk, a quota, permissions) stops the run in one line."""
+    try:
+        yield
+    except OSError as e:
+        raise UserError(f"could not write {path} ({e.strerror or e}): free some disk space or fix its "
+                        f"permissions, then resume") from None
 
 
 def append(path, entry):

@@ -29,6 +29,22 @@ def run_with_snapshots(shakespeare_workdir):
 
 
 @pytest.mark.slow
+def test_a_run_log_that_cannot_be_written_is_one_line_and_the_old_log_stays(tmp_path):
+    from nanogpt.errors import UserError
+    from nanogpt.runlog import RunLog
+    (tmp_path / 'log.jsonl').write_text('{"iter": 0, "loss": 4.2}\n')
+    (tmp_path / 'config.json').mkdir()  # as unwritable as a full disk, and portable
+    with pytest.raises(UserError, match=r"could not write .*config.json \(.+\): free some disk space"):
+        RunLog(str(tmp_path), {}, {}, start_iter=0)
+    assert (tmp_path / 'log.jsonl').read_text() == '{"iter": 0, "loss": 4.2}\n'  # not emptied for nothing
+    (tmp_path / 'config.json').rmdir()
+    log = RunLog(str(tmp_path), {}, {}, start_iter=0)
+    log.file.close()
+    log.file = open('/dev/full', 'a')  # every write fails with ENOSPC, as on a full disk
+    with pytest.raises(UserError, match=r"could not write .*log.jsonl \(No space left on device\)"):
+        log.write(iter=1, loss=4.0)
+
+
 def test_run_log_records_every_log_and_eval_step_and_the_config(run_with_snapshots):
     entries = read_log(run_with_snapshots / 'log.jsonl')
     assert [e['iter'] for e in entries if 'loss' in e] == [4, 9, 14, 19]
