@@ -108,9 +108,17 @@ def export_hf(ckpt, directory):
     if is_gpt2_bpe:
         written += write_gpt2_tokenizer(directory, args['block_size'])
     elif vocab.get('tokenizer', 'char') != 'char':  # a trained BPE, or another tiktoken encoding
-        text = vocab.get('tokenizer_json') or tokenizer_json_of(bpe_encoding(vocab))
-        written += write_tokenizer_json(directory, text, args['block_size'])
+        written += write_tokenizer_json(directory, hf_tokenizer_json(vocab), args['block_size'])
     return written
+
+
+def hf_tokenizer_json(vocab):
+    """The tokenizer.json of a BPE vocabulary that gives our ids in Hugging Face's encoder: the encoding that
+    we run, converted (tokenizer_json_of), also where the vocabulary is a tokenizer.json already. Its own
+    text may lack "ignore_merges" (ours did once), and its merges may not list every pair of tokens that
+    tiktoken merges, which takes any two adjacent tokens that make a token: merges a b, b c, a bc make ' abc'
+    ' ' 'abc' to tiktoken and ' ' 'ab' 'c' to Hugging Face, even with ignore_merges."""
+    return tokenizer_json_of(bpe_encoding(vocab))
 
 
 def write_tokenizer_json(directory, text, max_length):
@@ -126,7 +134,8 @@ def write_tokenizer_json(directory, text, max_length):
 def tokenizer_json_of(enc):
     """A tiktoken encoding as a Hugging Face tokenizer.json that gives the same ids: the same split
     pattern, then byte-level BPE whose merges are, for each token in rank order, the pairs of tokens
-    it is made of (as transformers converts tiktoken files)."""
+    it is made of (as transformers converts tiktoken files), and ignore_merges, as tiktoken's encoder
+    takes a piece of text that is a token as that token."""
     symbols = byte_symbols()
     ranks = enc._mergeable_ranks
     name = {token: ''.join(symbols[b] for b in token) for token in ranks}
@@ -145,7 +154,7 @@ def tokenizer_json_of(enc):
         'post_processor': None, 'decoder': {'type': 'ByteLevel', 'add_prefix_space': True, 'trim_offsets': True,
                                             'use_regex': True},
         'model': {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': None,
-                  'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': False,
+                  'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': True,
                   'vocab': {**{name[t]: r for t, r in ranks.items()}, **{s: i for s, i in enc._special_tokens.items()}},
                   'merges': merges}}, ensure_ascii=False)
 

@@ -16,7 +16,7 @@ from typing import NamedTuple
 from model import GPT, OPTIONS, GPTConfig, architecture_of
 from nanogpt import checkpoint, hf, sharded
 from nanogpt.errors import ConfigError, UserError
-from nanogpt.tokenizer import read_vocab
+from nanogpt.tokenizer import model_vocab_size, read_vocab, tokenizer_json_vocab
 
 
 class Source(NamedTuple):
@@ -99,8 +99,8 @@ def load_model(init_from, out_dir):
     if source.kind == 'scratch':
         raise ConfigError("init_from must be 'resume', a checkpoint file, 'gpt2*' or a directory, got 'scratch'")
     model, ckpt = build_model(source, {'dropout': 0.0})
-    if ckpt is None:  # OpenAI's GPT-2
-        return model, {'tokenizer': 'gpt2', 'vocab_size': 50257}, None, source
+    if ckpt is None:  # OpenAI's GPT-2, or a Hugging Face directory (checkpoint.py export writes one)
+        return model, hf_vocab(source.path, model.config.vocab_size), None, source
     ckpt = {k: v for k, v in ckpt.items() if k not in ('model', 'optimizer', 'scaler', 'rng')}
     vocab = ckpt.get('vocab')
     if vocab is None:  # a nanoGPT checkpoint: the vocabulary is in the dataset's meta file
@@ -111,3 +111,29 @@ def load_model(init_from, out_dir):
             raise UserError(f"{source.path} holds no vocabulary and the one in {data_dir} "
                             f"({vocab['tokenizer']}, {vocab['vocab_size']} tokens) does not fit its {n_outputs} outputs")
     return model, vocab, ckpt, source
+
+
+GPT2_VOCAB = {'tokenizer': 'gpt2', 'vocab_size': 50257}
+
+
+def hf_vocab(path, n_outputs):
+    """The vocabulary of GPT-2 weights: a directory's own tokenizer.json (a trained BPE or another tiktoken
+    encoding, as checkpoint.py export writes them; GPT-2's own works too), else GPT-2's BPE, which a model of
+    another output size was not trained on."""
+    tokenizer_json = os.path.join(path, 'tokenizer.json')
+    if os.path.isfile(tokenizer_json):
+        try:
+            with open(tokenizer_json, encoding='utf-8') as f:
+                text = f.read()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"cannot read {tokenizer_json} ({getattr(e, 'strerror', None) or e})") from None
+        vocab = tokenizer_json_vocab(text, tokenizer_json)
+        if vocab['vocab_size'] > n_outputs:
+            raise UserError(f"{tokenizer_json} has {vocab['vocab_size']:,} tokens, more than the model's "
+                            f"{n_outputs:,} outputs: the directory's tokenizer is not the model's")
+        return vocab
+    if not GPT2_VOCAB['vocab_size'] <= n_outputs <= model_vocab_size(GPT2_VOCAB):
+        raise UserError(f"{path} has no tokenizer.json, and its model's {n_outputs:,} outputs are not GPT-2's "
+                        f"{GPT2_VOCAB['vocab_size']:,} tokens: put the tokenizer the model was trained on in it "
+                        f"(checkpoint.py export --format=hf writes it), or sample from the checkpoint")
+    return dict(GPT2_VOCAB)

@@ -6,11 +6,14 @@ vocabulary travels from meta.json into every checkpoint, so sample.py and eval.p
 what the model was trained on, without the data folder.
 
 Every BPE, a tokenizer.json one included, runs on tiktoken's encoder (bpe_encoding): for a byte-level
-BPE whose token ids follow its merge order, as a trained one's do, it gives the same ids as Hugging
-Face's own encoder (tests/test_tokenizers.py) at about 5x its speed per core (docs/data.md).
+BPE whose token ids follow its merge order and that says "ignore_merges" (as tiktoken takes a piece of
+text that is a token whole), as a trained one does, it gives the same ids as Hugging Face's own encoder
+(tests/test_tokenizers.py) at about 5x its speed per core (docs/data.md); an export converts the
+encoding itself (hf.hf_tokenizer_json), which gives our ids whatever merges the file listed.
 """
 
 import codecs
+import functools
 import hashlib
 import itertools
 import json
@@ -63,31 +66,55 @@ def parse_tokenizer_json(text, source='tokenizer.json'):
     """(token bytes -> id, the split pattern, the id of <|endoftext|>) of a Hugging Face tokenizer.json,
     or a one-line error if it is not a byte-level BPE that tiktoken's encoder runs exactly as Hugging
     Face's does: no normalizer, a ByteLevel pre-tokenizer (alone, or after a Split by a regex), token
-    ids in merge order, every byte a token, and <|endoftext|> a special token."""
+    ids in merge order, every byte a token, <|endoftext|> its only added token, and none of the BPE
+    options that tiktoken lacks. (Whether its merges reach every token is check_reaches_its_tokens'.)"""
     def refuse(why):
         return UserError(f"{source} is not a tokenizer this project can use ({why}): pass a byte-level BPE "
                          f"tokenizer.json, such as one written by --tokenizer=bpe")
     try:
         tok = json.loads(text)
-        model, pre = tok['model'], tok.get('pre_tokenizer') or {}
-    except (ValueError, TypeError, KeyError):
-        raise refuse("not a Hugging Face tokenizer.json") from None
+    except ValueError:
+        raise refuse("not JSON") from None
+    # the structure's types first, so that a hand-edited file is named here rather than in a traceback below
+    model = tok.get('model') if isinstance(tok, dict) else None
+    if not isinstance(model, dict):
+        raise refuse("no 'model' object: not a Hugging Face tokenizer.json")
     if model.get('type') != 'BPE':
         raise refuse(f"its model is {model.get('type')}, not BPE")
+    if not isinstance(model.get('vocab'), dict) or not isinstance(model.get('merges'), list):
+        raise refuse("its model has no 'vocab' object or no 'merges' list")
+    if not all(isinstance(i, int) and i >= 0 for i in model['vocab'].values()):
+        raise refuse("a token's id is not a whole number >= 0")
+    pre, added = tok.get('pre_tokenizer') or {}, tok.get('added_tokens') or []
+    steps = pre.get('pretokenizers') if isinstance(pre, dict) and pre.get('type') == 'Sequence' else [pre]
+    if not isinstance(steps, list) or not steps or not all(isinstance(step, dict) for step in steps):
+        raise refuse("its pre-tokenizer is not an object, or a Sequence of them")
+    if not isinstance(added, list) or not all(isinstance(t, dict) and isinstance(t.get('content'), str)
+                                              and isinstance(t.get('id'), int) for t in added):
+        raise refuse("'added_tokens' is not a list of tokens each with a 'content' and an 'id'")
+    # options that change what the model does and that tiktoken's encoder does not have
+    if model.get('continuing_subword_prefix') or model.get('end_of_word_suffix'):
+        raise refuse("it sets continuing_subword_prefix or end_of_word_suffix, which byte-level BPE does not use")
+    if model.get('dropout') or model.get('byte_fallback'):
+        raise refuse("it sets dropout or byte_fallback")
     if tok.get('normalizer'):
         raise refuse("it normalizes the text, so decoding would not give back the input's bytes")
-    steps = pre.get('pretokenizers', [pre]) if pre.get('type') == 'Sequence' else [pre]
     if steps[-1].get('type') != 'ByteLevel' or steps[-1].get('add_prefix_space'):
         raise refuse("its pre-tokenizer does not end with a ByteLevel step without add_prefix_space")
     if len(steps) == 1 and steps[0].get('use_regex', True):
         pattern = GPT2_PATTERN
-    elif (len(steps) == 2 and steps[0].get('type') == 'Split' and 'Regex' in steps[0].get('pattern', {})
-          and steps[0].get('behavior') == 'Isolated' and not steps[0].get('invert')
-          and not steps[1].get('use_regex', True)):
+    elif (len(steps) == 2 and steps[0].get('type') == 'Split' and isinstance(steps[0].get('pattern'), dict)
+          and isinstance(steps[0]['pattern'].get('Regex'), str) and steps[0].get('behavior') == 'Isolated'
+          and not steps[0].get('invert') and not steps[1].get('use_regex', True)):
         pattern = steps[0]['pattern']['Regex']
     else:
         raise refuse("its pre-tokenizer is not ByteLevel, or a Split by a regex and then ByteLevel")
-    specials = {t['content']: t['id'] for t in tok.get('added_tokens', []) if t.get('special')}
+    # Hugging Face matches every added token in the text before BPE; tiktoken knows only the separator
+    others = sorted({t['content'] for t in added} - {EOT})
+    if others:
+        raise refuse(f"it has added tokens other than {EOT}, which tiktoken's encoder would not know: "
+                     f"{', '.join(others[:3])}{', ...' if len(others) > 3 else ''}")
+    specials = {t['content']: t['id'] for t in added if t.get('special')}
     if EOT not in specials:
         raise refuse(f"it has no special token {EOT}, the document separator")
     to_byte = {c: b for b, c in byte_symbols().items()}
@@ -98,37 +125,83 @@ def parse_tokenizer_json(text, source='tokenizer.json'):
     if len(ranks) != len(model['vocab']) - sum(t in model['vocab'] for t in specials) or \
             any(bytes([b]) not in ranks for b in range(256)):
         raise refuse("not every byte is a token of its own")
+    if len(set(ranks.values()) | {specials[EOT]}) != len(ranks) + 1:
+        raise refuse("two of its tokens have the same id")
     try:  # the id of each merge's result, in merge order ("a b" strings in older files, [a, b] pairs in newer)
         merged = [ranks[b''.join(bytes(to_byte[c] for c in part)
                                  for part in (m.split(' ', 1) if isinstance(m, str) else m))] for m in model['merges']]
-    except KeyError:
-        raise refuse("a merge makes a token that is not in its vocabulary") from None
+    except (KeyError, TypeError, AttributeError):
+        raise refuse("a merge is not two tokens that make a token of its vocabulary") from None
     if any(a > b for a, b in itertools.pairwise(merged)):  # tiktoken merges the lowest id first
         raise refuse("its token ids do not follow the order of its merges")
     return ranks, pattern, specials[EOT]
 
 
+def check_reaches_its_tokens(text, source='tokenizer.json'):
+    """A tokenizer.json whose "ignore_merges" is false, or a one-line error if that makes Hugging Face's ids
+    differ from ours. tiktoken takes a piece of text that is a token as that token, as Hugging Face's BPE
+    does only with ignore_merges: with merges a b, b c, a bc, 'abc' is one token to tiktoken and 'ab' 'c'
+    to Hugging Face. Without the option the two agree on such pieces only if the merges make every token
+    of its own text: checked with Hugging Face's encoder, on every token of 3 bytes or more at once."""
+    model = json.loads(text)['model']
+    if model.get('ignore_merges'):
+        return
+    merges = {tuple(m.split(' ', 1)) if isinstance(m, str) else tuple(m) for m in model['merges']}
+    missed = [t for t in model['vocab'] if len(t) == 2 and (t[0], t[1]) not in merges]  # a pair of bytes
+    longer = [t for t in model['vocab'] if len(t) > 2 and t != EOT]
+    if longer and not missed:
+        from tokenizers import Tokenizer
+        # the BPE alone (no added tokens, no pre-tokenizer), on each token's byte-level symbols
+        bare = Tokenizer.from_str(json.dumps({'version': '1.0', 'model': model, 'added_tokens': [], 'normalizer': None,
+                                              'pre_tokenizer': None, 'post_processor': None, 'decoder': None,
+                                              'truncation': None, 'padding': None}))
+        missed = [t for t, e in zip(longer, bare.encode_batch(longer, add_special_tokens=False))
+                  if e.ids != [model['vocab'][t]]]
+    if missed:
+        raise UserError(f"{source} has \"ignore_merges\": false, and its merges do not make {len(missed):,} of its "
+                        f"tokens (e.g. {missed[0]!r}) from their own text, so Hugging Face would give other ids than "
+                        f"ours, which take such a piece of text as its token: set \"ignore_merges\": true in it")
+
+
+@functools.lru_cache(maxsize=16)
+def tokenizer_json_sha256(text):
+    """The sha256 of a tokenizer.json's text, which names it: computed once per text (encode_chunk asks
+    for every chunk)."""
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 _BPES = {}  # tokenizer.json's sha256 -> its tiktoken Encoding, built once per process
 
 
-def bpe_encoding(vocab):
-    """The tiktoken Encoding of a BPE vocabulary: an encoding by name, or the vocabulary's tokenizer.json."""
+def bpe_encoding(vocab, source='tokenizer.json'):
+    """The tiktoken Encoding of a BPE vocabulary: an encoding by name, or the vocabulary's tokenizer.json
+    (source names it in errors)."""
     if 'tokenizer_json' not in vocab:
         return get_encoding(vocab['tokenizer'])
-    key = hashlib.sha256(vocab['tokenizer_json'].encode()).hexdigest()
+    key = tokenizer_json_sha256(vocab['tokenizer_json'])
     if key not in _BPES:
         import tiktoken
-        ranks, pattern, eot = parse_tokenizer_json(vocab['tokenizer_json'])
-        _BPES[key] = tiktoken.Encoding(f"bpe-{key[:8]}", pat_str=pattern, mergeable_ranks=ranks,
-                                       special_tokens={EOT: eot})
+        ranks, pattern, eot = parse_tokenizer_json(vocab['tokenizer_json'], source)
+        try:
+            _BPES[key] = tiktoken.Encoding(f"bpe-{key[:8]}", pat_str=pattern, mergeable_ranks=ranks,
+                                           special_tokens={EOT: eot})
+        except ValueError as e:  # the split pattern, which tiktoken compiles (its Rust regex's syntax)
+            raise UserError(f"{source} is not a tokenizer this project can use (its split regex does not compile: "
+                            f"{' '.join(str(e).split())})") from None
     return _BPES[key]
+
+
+def tokenizer_json_vocab(text, source='tokenizer.json'):
+    """The vocabulary of a byte-level BPE given as a tokenizer.json's text (a one-line error if it cannot work)."""
+    vocab = {'tokenizer': 'bpe', 'tokenizer_json': text}
+    return {**vocab, 'vocab_size': bpe_encoding(vocab, source).n_vocab}
 
 
 def describe_vocab(vocab):
     """A vocabulary in a few words, for messages: its tokenizer, size and, for a tokenizer.json, which one."""
     what = f"{vocab['tokenizer']}, {vocab['vocab_size']:,} tokens"
     if 'tokenizer_json' in vocab:
-        what += f", tokenizer.json sha256 {hashlib.sha256(vocab['tokenizer_json'].encode()).hexdigest()[:12]}"
+        what += f", tokenizer.json sha256 {tokenizer_json_sha256(vocab['tokenizer_json'])[:12]}"
     return what
 
 
@@ -158,7 +231,7 @@ def read_vocab(data_dir):
         path = os.path.join(data_dir, meta.get('tokenizer_file', 'tokenizer.json'))
         try:
             with open(path, encoding='utf-8') as f:
-                vocab['tokenizer_json'] = f.read()
+                vocab.update(tokenizer_json_vocab(f.read(), path))
         except OSError as e:
             raise UserError(f"cannot read {path}, the dataset's tokenizer ({e.strerror}); prepare the dataset again")
     check_bins(data_dir, meta)

@@ -17,7 +17,8 @@ from conftest import SHARED_DATA, TINY_MODEL, load_prepared, run_prepare, shared
 from nanogpt import checkpoint
 from nanogpt.data import bpe
 from nanogpt.data.sources import Corpus
-from nanogpt.tokenizer import EOT, Codec, byte_symbols, read_vocab
+from nanogpt.errors import UserError
+from nanogpt.tokenizer import EOT, Codec, bpe_encoding, byte_symbols, read_vocab, tokenizer_json_vocab
 
 TRAIN = [*TINY_MODEL, '--n_layer=1', '--eval_interval=4', '--eval_iters=2', '--log_interval=4',
          '--learning_rate=3e-3', '--warmup_iters=2', '--lr_decay_iters=8', '--always_save_checkpoint=True',
@@ -57,6 +58,26 @@ def all_pairs_tokenizer(path):
                   'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': False,
                   'vocab': vocab, 'merges': [[symbols[a], symbols[b]] for a, b in pairs]}}, ensure_ascii=False))
     return path
+
+
+def abc_tokenizer(**changes):
+    """The smallest byte-level BPE where Hugging Face's ids without ignore_merges differ from ours: merges
+    a b, b c, a bc make 'abc' one token (259) to tiktoken, which takes a piece that is a token whole, but
+    'ab' 'c' to Hugging Face, whose merges have no 'ab c'. changes: keys of the model, or of the file."""
+    symbols = byte_symbols()
+    model = {'type': 'BPE', 'dropout': None, 'unk_token': None, 'continuing_subword_prefix': None,
+             'end_of_word_suffix': None, 'fuse_unk': False, 'byte_fallback': False, 'ignore_merges': True,
+             'vocab': {EOT: 0, **{symbols[b]: 1 + b for b in range(256)}, 'ab': 257, 'bc': 258, 'abc': 259},
+             'merges': [['a', 'b'], ['b', 'c'], ['a', 'bc']]}
+    tok = {'version': '1.0', 'added_tokens': [{'id': 0, 'content': EOT, 'single_word': False, 'lstrip': False,
+                                               'rstrip': False, 'normalized': False, 'special': True}],
+           'normalizer': None, 'pre_tokenizer': {'type': 'ByteLevel', 'add_prefix_space': False, 'trim_offsets': True,
+                                                 'use_regex': True},
+           'post_processor': None, 'decoder': {'type': 'ByteLevel', 'add_prefix_space': False, 'trim_offsets': True,
+                                               'use_regex': True}, 'model': model}
+    for key, value in changes.items():
+        (model if key in model else tok)[key] = value
+    return json.dumps(tok)
 
 
 @pytest.fixture(scope='module')
@@ -176,6 +197,7 @@ def test_trained_tokenizer_is_byte_identical_across_processes_and_thread_counts(
     text = (tmp_path / 'user' / 'tokenizer.json').read_bytes()
     text_here, _ = bpe.bpe_trainer.train(Corpus([shakespeare]), 1000, 10**8)
     assert text_here.encode() == text
+    assert json.loads(text)['model']['ignore_merges']  # so that Hugging Face's encoder gives our ids
     meta, train_ids, _ = load_prepared(tmp_path / 'user')
     assert meta['tokenizer_file'] == 'tokenizer.json' and meta['vocab_size'] == 1000 and meta['eot_token'] == 0
     assert train_ids[-1] == 0 and train_ids.max() < 1000
@@ -192,6 +214,76 @@ def test_a_tiktoken_encoding_exports_as_a_tokenizer_json_that_gives_its_ids():
     theirs = Tokenizer.from_str(tokenizer_json_of(enc))
     docs = c4_docs()[:200] + TEXTS
     assert [e.ids for e in theirs.encode_batch(docs)] == [enc.encode(d, allowed_special={EOT}) for d in docs]
+
+
+def test_hugging_face_gives_our_ids_for_a_token_its_merges_do_not_make_once_exported():
+    """The exported tokenizer.json is our encoding converted, with ignore_merges: here from a tokenizer.json
+    without it (as tokenizers trained before it was set are) whose merges lack 'ab c'."""
+    from tokenizers import Tokenizer
+
+    from nanogpt.hf import hf_tokenizer_json
+    vocab = tokenizer_json_vocab(abc_tokenizer(ignore_merges=False))
+    ours = bpe_encoding(vocab).encode_ordinary('abc abc')
+    assert ours == [259, 33, 259]
+    assert Tokenizer.from_str(vocab['tokenizer_json']).encode('abc abc').ids == [257, 100, 33, 257, 100]  # not ours
+    exported = hf_tokenizer_json(vocab)
+    assert json.loads(exported)['model']['ignore_merges'] and Tokenizer.from_str(exported).encode('abc abc').ids == ours
+
+
+def test_a_user_tokenizer_json_without_ignore_merges_is_refused_where_its_merges_miss_a_token(tmp_path):
+    """Without ignore_merges, a tokenizer.json is refused where its merges do not make one of its tokens from
+    its text (Hugging Face's ids would differ from ours), and taken where they make them all (the uint32
+    one of the end-to-end test, too)."""
+    path = tmp_path / 'abc.json'
+    path.write_text(abc_tokenizer(ignore_merges=False))
+    with pytest.raises(UserError, match=r'"ignore_merges": false, and its merges do not make 1 of its tokens '
+                                        r"\(e.g. 'abc'\)"):
+        bpe.check_tokenizer(str(path))
+    path.write_text(abc_tokenizer(ignore_merges=False, merges=[['a', 'b'], ['b', 'c'], ['a', 'bc'], ['ab', 'c']]))
+    assert bpe.check_tokenizer(str(path))['vocab_size'] == 260
+
+
+def test_an_exported_model_loads_back_with_its_own_tokenizer(work, tmp_path, monkeypatch):
+    """load_model of a Hugging Face directory that checkpoint.py export wrote decodes with the tokenizer.json
+    in it (not GPT-2's BPE); without one, a model whose outputs are not GPT-2's is refused. (Its weights,
+    which transformers reads, are test_model_on_new_tokenizer...'s.)"""
+    from model import GPT, GPTConfig
+    from nanogpt import hf, loading
+    from nanogpt.tokenizer import model_vocab_size
+    text, _ = bpe.bpe_trainer.train(Corpus([str(work / 'stories.txt')]), 300, 20_000)
+    vocab = {**tokenizer_json_vocab(text), 'dtype': 'uint16'}
+    args = {'n_layer': 1, 'n_head': 2, 'n_embd': 16, 'block_size': 16, 'vocab_size': model_vocab_size(vocab),
+            'bias': False}
+    hf.export_hf({'model': GPT(GPTConfig(**args)).state_dict(), 'model_args': args, 'vocab': vocab}, tmp_path / 'hf')
+    monkeypatch.setattr(hf, 'load_gpt2', lambda path, override_args: GPT(GPTConfig(**args)))
+    _, loaded, _, _ = loading.load_model(str(tmp_path / 'hf'), str(tmp_path))
+    codec = Codec(loaded)
+    assert loaded['vocab_size'] == 300 and codec.encode(TEXTS[0]) == Codec(vocab).encode(TEXTS[0])
+    assert codec.decode(codec.encode(TEXTS[0])) == TEXTS[0]
+    (tmp_path / 'hf' / 'tokenizer.json').unlink()
+    with pytest.raises(UserError, match=r"has no tokenizer.json, and its model's 320 outputs are not GPT-2's"):
+        loading.load_model(str(tmp_path / 'hf'), str(tmp_path))
+
+
+def test_the_trainer_says_how_much_text_in_units_that_fit(tmp_path, capsys):
+    """--tokenizer_sample=60K is '61 kB', not '0 MB'; one document is one document."""
+    from nanogpt.data.cli import format_size, parse_size
+    assert [format_size(n) for n in (parse_size('60K'), 1_100_000, 10**8, 999)] == \
+        ['61 kB', '1.1 MB', '100 MB', '999 bytes']
+    (tmp_path / 'one.txt').write_text(TEXTS[1] * 20)
+    bpe.bpe_trainer.train(Corpus([str(tmp_path / 'one.txt')]), 260, parse_size('60K'))
+    out = capsys.readouterr().out
+    assert 'BPE on up to 61 kB of' in out and '(1 document) in' in out, out
+
+
+def test_a_tokenizer_json_is_hashed_once_not_once_per_chunk(monkeypatch):
+    from nanogpt import tokenizer
+    calls, sha256 = [], tokenizer.hashlib.sha256
+    monkeypatch.setattr(tokenizer.hashlib, 'sha256', lambda data: calls.append(1) or sha256(data))
+    vocab = tokenizer_json_vocab(abc_tokenizer(version='hashed once'))  # a text not hashed before
+    for _ in range(3):
+        bpe.encode_chunk(('texts', ['abc abc']), np.uint16, None, vocab)
+    assert len(calls) == 1
 
 
 # -----------------------------------------------------------------------------
@@ -242,3 +334,44 @@ def test_bins_that_disagree_with_meta_and_a_checkpoint_of_another_tokenizer_are_
         assert code == 1 and len(err.strip().splitlines()) == 1, err
         assert f"train.bin has {meta['train_tokens'] * 2:,} bytes, but meta.json says {meta['train_tokens']:,} " \
                f"tokens of uint32" in err, err
+
+
+BAD_TOKENIZER_JSON = {  # a file's changes to abc_tokenizer: what the one line must say
+    'regex': ({'pre_tokenizer': {'type': 'Sequence', 'pretokenizers': [
+        {'type': 'Split', 'pattern': {'Regex': '(a'}, 'behavior': 'Isolated', 'invert': False},
+        {'type': 'ByteLevel', 'add_prefix_space': False, 'use_regex': False}]}}, "its split regex does not compile"),
+    'no steps': ({'pre_tokenizer': {'type': 'Sequence', 'pretokenizers': []}}, "its pre-tokenizer is not an object"),
+    'model a string': ({'model': 'BPE'}, "no 'model' object"),
+    'no content': ({'added_tokens': [{'id': 0, 'special': True}]}, "'added_tokens' is not a list of tokens each"),
+    'no vocab': ({'vocab': None}, "its model has no 'vocab' object or no 'merges' list"),
+    'no merges': ({'merges': None}, "its model has no 'vocab' object or no 'merges' list"),
+    'a bad merge': ({'merges': [['a', 'b'], 7]}, "a merge is not two tokens that make a token of its vocabulary"),
+    'same ids': ({'vocab': {EOT: 0, **{c: 1 + b for b, c in byte_symbols().items()}, 'ab': 5}}, "the same id"),
+    'prefix': ({'continuing_subword_prefix': '##'}, "it sets continuing_subword_prefix or end_of_word_suffix"),
+    'suffix': ({'end_of_word_suffix': '</w>'}, "it sets continuing_subword_prefix or end_of_word_suffix"),
+    'dropout': ({'dropout': 0.1}, "it sets dropout or byte_fallback"),
+    'byte_fallback': ({'byte_fallback': True}, "it sets dropout or byte_fallback"),
+    'another special': ({'added_tokens': [{'id': 0, 'content': EOT, 'special': True},
+                                          {'id': 260, 'content': '<|im_start|>', 'special': True}]},
+                        "added tokens other than <|endoftext|>, which tiktoken's encoder would not know: <|im_start|>"),
+}
+
+
+@pytest.mark.parametrize('name', BAD_TOKENIZER_JSON)
+def test_a_bad_tokenizer_json_is_one_line(tmp_path, name):
+    """Each file, passed as --tokenizer=FILE, is refused by check_tokenizer (which the prepare scripts call
+    first) in one line that names it and says why, not in a traceback."""
+    changes, message = BAD_TOKENIZER_JSON[name]
+    path = tmp_path / 'bad.json'
+    path.write_text(abc_tokenizer(**changes))
+    with pytest.raises(UserError) as e:
+        bpe.check_tokenizer(str(path))
+    assert str(e.value).startswith(f"{path} is not a tokenizer this project can use (") and message in str(e.value)
+    assert '\n' not in str(e.value)
+
+
+def test_a_bad_out_dir_is_reported_before_the_tokenizer_is_trained(work, tmp_path, capsys):
+    (tmp_path / 'a_file').write_text('')
+    with pytest.raises(UserError, match="--out_dir must be a directory"):
+        bpe.prepare(Corpus([str(work / 'stories.txt')]), str(tmp_path / 'a_file'), tokenizer='bpe', vocab_size=300)
+    assert 'training a' not in capsys.readouterr().out

@@ -22,7 +22,7 @@ from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mas
 from nanogpt.data.sources import Corpus, check_inputs, chunk_documents, chunk_progress, load_hf_dataset
 from nanogpt.data.workers import Workers, choose_workers, measured_speed
 from nanogpt.errors import UserError
-from nanogpt.tokenizer import bpe_encoding, get_encoding, parse_tokenizer_json
+from nanogpt.tokenizer import bpe_encoding, check_reaches_its_tokens, get_encoding, tokenizer_json_vocab
 
 # N Ray workers run RAY_EFFICIENCY * N times as fast as one (bench/prepare_bpe.py; docs/data.md, "Choosing the
 # workers"); one worker's speed and the threads' are measured on the CPU at hand (speed())
@@ -55,9 +55,9 @@ def check_tokenizer(name, vocab_size=None):
                 text = f.read()
         except (OSError, UnicodeDecodeError) as e:
             raise UserError(f"cannot read the tokenizer {name} ({getattr(e, 'strerror', None) or e})") from None
-        parse_tokenizer_json(text, name)  # a file that cannot work is named in the error
-        vocab = {'tokenizer': 'bpe', 'tokenizer_json': text}
-        return {**vocab, 'vocab_size': bpe_encoding(vocab).n_vocab}  # built once here, for the whole run
+        vocab = tokenizer_json_vocab(text, name)  # built once here, for the whole run; a bad file is named
+        check_reaches_its_tokens(text, name)
+        return vocab
     import tiktoken
     if name not in tiktoken.list_encoding_names():
         raise UserError(f"unknown tokenizer {name!r}: use gpt2, another tiktoken encoding "
@@ -96,54 +96,55 @@ def prepare(corpus, out_dir, tokenizer='gpt2', vocab_size=None, tokenizer_sample
     given, names the split of each chunk ('train' / 'val') instead of the seeded split by documents
     (tiny shakespeare's 90/10)."""
     vocab = check_tokenizer(tokenizer, vocab_size)  # fail here, in one line, before any work starts
-    trained = None
-    if vocab is None:
-        text, trained = bpe_trainer.train(corpus, vocab_size, tokenizer_sample)
-        vocab = {'tokenizer': 'bpe', 'vocab_size': vocab_size, 'tokenizer_json': text}
-    enc = bpe_encoding(vocab)
-    dtype = dtype_for(enc.n_vocab)
-    n_docs, written, total = 0, {'train': 0, 'val': 0}, 0
-    chunks = corpus.chunks(chunk_size)
-    args = ((c, dtype, s) for c, s in zip(chunks, splits or itertools.repeat(None)))
-    n_bytes = corpus.text_bytes()
-    if max_tokens is not None:  # the work is what the budget needs
-        n_bytes = min(n_bytes or float('inf'), int(max_tokens * BYTES_PER_TOKEN))
-    plan = choose_workers(num_workers, n_bytes, lambda: speed(vocab), ray_address)
-    with Output(out_dir) as out, Workers(plan) as workers:  # a bad --out_dir fails before Ray starts
-        files = {s: out.open(s) for s in ('train', 'val')}
-        try:
-            with progress(max_tokens, 'tokenize', unit='tok') as bar:
-                # the vocabulary (up to a few MB of tokenizer.json) goes to Ray's workers once
-                for nbytes, ids, lens, split in workers.map(encode_chunk, args, shared=(vocab,)):
-                    full = max_tokens is not None and sum(written.values()) + len(ids) >= max_tokens
-                    if full:  # whole documents only, up to the budget, and nothing after them
-                        keep = int(np.searchsorted(np.cumsum(lens), max_tokens - sum(written.values()), 'right'))
-                        lens = lens[:keep]
-                        ids = ids[:int(lens.sum())]
-                    is_val = (np.full(len(lens), split == 'val') if split else
-                              val_mask(n_docs, len(lens), seed, val_fraction))
-                    for v, a, b in split_runs(np.cumsum(lens), is_val):
-                        s = 'val' if v else 'train'
-                        write(files[s], ids[a:b])
-                        written[s] += b - a
-                    n_docs += len(lens)
-                    total += nbytes
-                    bar.update(len(ids))
-                    bar.set_postfix_str(f"{total / 1e6:.0f} MB, {n_docs:,} docs", refresh=False)
-                    if full:
-                        break  # Workers cancels the tasks still in flight
-            for f in files.values():  # the last buffered bytes: a full disk may show only now
-                try:
-                    f.close()
-                except OSError as e:
-                    raise write_error(f.name, e) from None
-        finally:
-            for f in files.values():
-                if not f.closed:
+    with Output(out_dir) as out:  # a bad --out_dir fails here, before a tokenizer is trained or Ray starts
+        trained = None
+        if vocab is None:
+            text, trained = bpe_trainer.train(corpus, vocab_size, tokenizer_sample)
+            vocab = tokenizer_json_vocab(text)
+        enc = bpe_encoding(vocab)
+        dtype = dtype_for(enc.n_vocab)
+        n_docs, written, total = 0, {'train': 0, 'val': 0}, 0
+        chunks = corpus.chunks(chunk_size)
+        args = ((c, dtype, s) for c, s in zip(chunks, splits or itertools.repeat(None)))
+        n_bytes = corpus.text_bytes()
+        if max_tokens is not None:  # the work is what the budget needs
+            n_bytes = min(n_bytes or float('inf'), int(max_tokens * BYTES_PER_TOKEN))
+        plan = choose_workers(num_workers, n_bytes, lambda: speed(vocab), ray_address)
+        with Workers(plan) as workers:
+            files = {s: out.open(s) for s in ('train', 'val')}
+            try:
+                with progress(max_tokens, 'tokenize', unit='tok') as bar:
+                    # the vocabulary (up to a few MB of tokenizer.json) goes to Ray's workers once
+                    for nbytes, ids, lens, split in workers.map(encode_chunk, args, shared=(vocab,)):
+                        full = max_tokens is not None and sum(written.values()) + len(ids) >= max_tokens
+                        if full:  # whole documents only, up to the budget, and nothing after them
+                            keep = int(np.searchsorted(np.cumsum(lens), max_tokens - sum(written.values()), 'right'))
+                            lens = lens[:keep]
+                            ids = ids[:int(lens.sum())]
+                        is_val = (np.full(len(lens), split == 'val') if split else
+                                  val_mask(n_docs, len(lens), seed, val_fraction))
+                        for v, a, b in split_runs(np.cumsum(lens), is_val):
+                            s = 'val' if v else 'train'
+                            write(files[s], ids[a:b])
+                            written[s] += b - a
+                        n_docs += len(lens)
+                        total += nbytes
+                        bar.update(len(ids))
+                        bar.set_postfix_str(f"{total / 1e6:.0f} MB, {n_docs:,} docs", refresh=False)
+                        if full:
+                            break  # Workers cancels the tasks still in flight
+                for f in files.values():  # the last buffered bytes: a full disk may show only now
                     try:
                         f.close()
-                    except OSError:
-                        pass  # an error is already on its way
+                    except OSError as e:
+                        raise write_error(f.name, e) from None
+            finally:
+                for f in files.values():
+                    if not f.closed:
+                        try:
+                            f.close()
+                        except OSError:
+                            pass  # an error is already on its way
         if n_docs == 0:
             raise UserError(f"no documents found in {corpus.name}")
         meta = dict(tokenizer=vocab['tokenizer'], vocab_size=enc.n_vocab, dtype=np.dtype(dtype).name,

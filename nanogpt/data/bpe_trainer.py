@@ -12,6 +12,7 @@ were learned, which is the order tiktoken's encoder applies them in (nanogpt/tok
 
 import time
 
+from nanogpt.data.cli import format_size
 from nanogpt.data.sources import chunk_documents
 from nanogpt.errors import UserError
 from nanogpt.tokenizer import EOT, SPLIT_PATTERN
@@ -48,7 +49,9 @@ def train(corpus, vocab_size, sample_bytes):
     of corpus; a one-line error if the sample is too small to learn vocab_size tokens from."""
     check_vocab_size(vocab_size)
     from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-    tok = Tokenizer(models.BPE())
+    # ignore_merges: a piece of text that is a token is that token, as in tiktoken's encoder, so that Hugging
+    # Face's encoder of this file gives our ids (nanogpt/tokenizer.check_reaches_its_tokens); training ignores it
+    tok = Tokenizer(models.BPE(ignore_merges=True))
     tok.pre_tokenizer = pre_tokenizers.Sequence([
         pre_tokenizers.Split(Regex(SPLIT_PATTERN), behavior='isolated'),
         pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
@@ -56,14 +59,18 @@ def train(corpus, vocab_size, sample_bytes):
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=[EOT], show_progress=False,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
     stats = {'bytes': 0, 'documents': 0}
-    print(f"training a {vocab_size:,}-token BPE on up to {sample_bytes / 1e6:,.0f} MB of {corpus.name}", flush=True)
+    print(f"training a {vocab_size:,}-token BPE on up to {format_size(sample_bytes)} of {corpus.name}", flush=True)
     t0 = time.time()
     tok.train_from_iterator(sample_documents(corpus, sample_bytes, stats), trainer)
     seconds = time.time() - t0
     if tok.get_vocab_size() < vocab_size:
-        raise UserError(f"{corpus.name}: {stats['bytes']:,} bytes of text ({stats['documents']:,} documents) hold "
+        raise UserError(f"{corpus.name}: {stats['bytes']:,} bytes of text ({documents(stats)}) hold "
                         f"only enough pairs for {tok.get_vocab_size():,} tokens, not --vocab_size={vocab_size:,}: "
                         f"use a smaller --vocab_size, or more text (--tokenizer_sample, --input)")
-    print(f"trained the tokenizer on {stats['bytes'] / 1e6:,.1f} MB ({stats['documents']:,} documents) "
+    print(f"trained the tokenizer on {format_size(stats['bytes'])} ({documents(stats)}) "
           f"in {seconds:.1f} s", flush=True)
     return tok.to_str(), stats
+
+
+def documents(stats):
+    return f"{stats['documents']:,} document{'s' if stats['documents'] != 1 else ''}"

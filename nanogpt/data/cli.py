@@ -66,6 +66,14 @@ def parse_size(s):
     return n
 
 
+def format_size(n):
+    """A number of bytes for messages, in the decimal units they use: '61 kB', '1.1 MB', '100 MB'."""
+    for unit, scale in (('GB', 1e9), ('MB', 1e6), ('kB', 1e3)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}" if n < 10 * scale else f"{n / scale:,.0f} {unit}"
+    return f"{n:,} bytes"
+
+
 def parse_workers(s):
     """--num_workers: 'auto' or a positive number."""
     if str(s).strip().lower() == 'auto':
