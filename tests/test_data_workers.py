@@ -3,6 +3,7 @@ from their speed measured on this CPU (measured_speed, cached), and that they ru
 import json
 import os
 import re
+import threading
 import time
 
 import pytest
@@ -93,16 +94,19 @@ def speed_cache(tmp_path, monkeypatch):
     return tmp_path / 'cache' / 'nanogpt' / 'worker_speed.json'
 
 
+_ONE_AT_A_TIME = threading.Lock()
+
+
 def fake_work(seconds, gil):
-    """A per-chunk function that holds the GIL (a Python loop of a fixed length, about `seconds` long) or not
-    (a sleep), and counts its calls."""
+    """A per-chunk function that runs `seconds` either as work that holds the GIL (one call at a time, as a
+    lock serialises them: a busy machine cannot blur it the way it blurs a timed Python loop) or as work that
+    releases it (calls overlap), and counts its calls."""
     def work(chunk):
         work.calls += 1
         assert chunk[0] == 'file' and os.path.getsize(chunk[1]) == chunk[3] > 0  # a chunk of a real .txt file
         if gil:
-            x = 0
-            for i in range(int(seconds * 2e7)):
-                x += i
+            with _ONE_AT_A_TIME:
+                time.sleep(seconds)
         else:
             time.sleep(seconds)
     work.calls = 0
