@@ -512,7 +512,9 @@ def test_preempted_two_node_job_stops_everywhere_requeues_and_ends_like_the_unin
     wait_for_training(job_id, log)
     slurm('scancel', '--signal=USR1', job_id)  # what SLURM sends before the time limit: to every task, both hosts
     wait_for(job_id, lambda info: info.get('Restarts') == '1' and info.get('JobState') == 'PENDING', 'requeue')
-    # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it now
+    # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it now, once the nodes
+    # have finished with the first run (a node still COMPLETING it can fail the new launch)
+    wait_for_nodes_up()
     slurm('scontrol', 'update', f'JobId={job_id}', 'StartTime=now')
     info = wait_until_ended(job_id)
     text = log.read_text()  # both runs, appended (--open-mode=append)
@@ -545,6 +547,7 @@ def test_a_job_that_slurm_requeues_resumes_from_its_checkpoint_whatever_its_comm
     # what SLURM does by itself to a job that lost a node: stop it, queue it again, rerun the same script
     slurm('scontrol', 'requeue', job_id)
     wait_for(job_id, lambda info: info.get('Restarts') == '1' and info.get('JobState') == 'PENDING', 'requeue')
+    wait_for_nodes_up()  # (see the preemption test)
     slurm('scontrol', 'update', f'JobId={job_id}', 'StartTime=now')
     info = wait_until_ended(job_id)
     text = log.read_text()

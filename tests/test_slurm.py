@@ -104,7 +104,7 @@ def wait_until_ended(job_id, timeout=120):
 
 def wait_for_training(job_id, log, timeout=120):
     """Until the job's log shows training iterations (the signal must land mid-run)."""
-    wait_for(job_id, lambda info: log.exists() and re.search(r'^iter \d+:', log.read_text(), re.M)
+    wait_for(job_id, lambda info: log.exists() and re.search(r'^iter \d+:', log.read_text(), re.MULTILINE)
              or info.get('JobState') in ENDED, 'start training', timeout)
     assert job_info(job_id)['JobState'] == 'RUNNING', log.read_text()
 
@@ -196,9 +196,22 @@ def preempt_and_requeue(job_id, log):
     wait_for_training(job_id, log)
     subprocess.run(['scancel', '--signal=USR1', job_id], check=True)
     wait_for(job_id, lambda info: info.get('Restarts') == '1' and info.get('JobState') == 'PENDING', 'requeue')
-    # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it now
+    # SLURM holds a requeued job for about two minutes (Reason=BeginTime); release it now, once the node
+    # has finished with the first run (a node still COMPLETING it can fail the new launch)
+    wait_for_node_done()
     subprocess.run(['scontrol', 'update', f'JobId={job_id}', 'StartTime=now'], check=True)
     return wait_until_ended(job_id)
+
+
+def wait_for_node_done(timeout=60):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        states = subprocess.run(['sinfo', '-h', '-o', '%T'], capture_output=True, text=True, check=False).stdout.split()
+        if states and not any(state.startswith('completing') for state in states):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"the node is still completing the first run after {timeout} s: {states}")
+
 
 def test_usr1_requeues_the_job_which_resumes_by_itself(jobs, full_run, tmp_path_factory):
     workdir = new_workdir(tmp_path_factory, 'slurm-requeue')
