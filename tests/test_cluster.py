@@ -481,7 +481,8 @@ def test_prepare_ray_sbatch_spreads_over_both_hosts_and_a_killed_worker_on_node2
     prepare = workdir / 'flaky_prepare.py'
     prepare.write_text(FLAKY_PREPARE.format(hosts=str(workdir / 'task-hosts'), mark=str(workdir / 'node2-worker-killed'),
                                             prepare=str(REPO / 'data' / 'tinystories_char' / 'prepare.py')))
-    job_id = jobs(workdir, str(prepare), '--input', str(corpus), '--out_dir', str(workdir / 'out'), '--chunk_size', '64K',
+    # small chunks: many tasks, so that both hosts get some whichever worker starts first
+    job_id = jobs(workdir, str(prepare), '--input', str(corpus), '--out_dir', str(workdir / 'out'), '--chunk_size', '16K',
                   script=REPO / 'slurm' / 'prepare_ray.sbatch',
                   nodes=['--nodes=2', '--ntasks-per-node=1', '--cpus-per-task=1', '--time=10'])
     try:

@@ -1,5 +1,5 @@
 """Data preparation on a real two-node Ray cluster on this machine (conftest.ray_cluster): a prepare script
-joins it with --ray_address, its tasks run on both nodes, and the bins are byte-identical to the in-process
+joins it with --ray_address, its tasks run there, and the bins are byte-identical to the in-process
 result. slurm/prepare_ray.sbatch itself runs on the two-host SLURM cluster, in tests/test_cluster.py."""
 import gzip
 import os
@@ -37,7 +37,9 @@ def test_prepare_on_two_nodes_matches_in_process_bytes(tmp_path, ray_cluster):
         assert f'workers: 2 Ray workers on the cluster at {address}' in r.stdout, r.stdout  # every CPU of both nodes
         counts = tasks_per_node(r.stdout)
         print(f"{name}: tasks per node {counts}")
-        assert len(counts) == 2 and min(counts.values()) > 0, counts
+        # the work ran as the cluster's tasks; Ray's SPREAD does not promise both nodes a share of a job this
+        # small (once in a CI run, all 8 tasks ran on one): tests/test_cluster.py counts tasks per host
+        assert sum(counts.values()) > 0, r.stdout
         assert [(cluster / f).read_bytes() for f in BINS] == [(local / f).read_bytes() for f in BINS]
 
 
