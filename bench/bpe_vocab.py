@@ -72,6 +72,14 @@ def encode_speed(encode, docs, size):
     return size / best / 1e6
 
 
+def whole_pieces(enc, docs):
+    """The share of the pieces that enc's split pattern cuts docs into that are a token of enc whole."""
+    import regex  # tiktoken's own dependency
+    pattern = regex.compile(enc._pat_str)
+    pieces = [p.encode('utf-8') for d in docs for p in pattern.findall(d)]
+    return sum(p in enc._mergeable_ranks for p in pieces) / len(pieces)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument('--chinese', help='a UTF-8 .txt of Chinese text, one document per line')
@@ -112,12 +120,15 @@ def main():
             theirs = Tokenizer.from_str(codec.vocab['tokenizer_json'])  # adds no special tokens of its own
             speeds[name] = (encode_speed(gpt2.encode_ordinary, held_out, size),
                             encode_speed(codec.enc.encode_ordinary, held_out, size),
-                            encode_speed(theirs.encode, held_out, size), codec.enc.n_vocab)
-    print("\nencoding speed, one thread, MB/s of held-out text (best of 3)")
-    print("| corpus | tiktoken GPT-2 | trained (tiktoken's encoder) | trained (Hugging Face's encoder) |")
-    print("| --- | ---: | ---: | ---: |")
-    for name, (g, ours, hf, v) in speeds.items():
-        print(f"| {name} | {g:.1f} | {ours:.1f} ({v:,} tokens) | {hf:.1f} |")
+                            encode_speed(theirs.encode, held_out, size), codec.enc.n_vocab,
+                            whole_pieces(gpt2, held_out), whole_pieces(codec.enc, held_out))
+    print("\nencoding speed, one thread, MB/s of held-out text (best of 3), and the share of the pieces its split")
+    print("pattern cuts the text into that are one token whole (tiktoken looks those up; it merges the others)")
+    print("| corpus | tiktoken GPT-2 | trained (tiktoken's encoder) | trained (Hugging Face's encoder) | "
+          "pieces one token: GPT-2 / trained |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    for name, (g, ours, hf, v, whole_gpt2, whole_ours) in speeds.items():
+        print(f"| {name} | {g:.1f} | {ours:.1f} ({v:,} tokens) | {hf:.1f} | {whole_gpt2:.1%} / {whole_ours:.1%} |")
     if args.train_size:
         docs = all_docs['C4 web text']
         repeat = -(-args.train_size // n_bytes(docs))

@@ -20,29 +20,53 @@ import json
 import os
 import pickle
 import re
+import threading
 
 from nanogpt.errors import UserError
 
-_ENCODINGS = {}  # per process: a Ray worker loads the encoding once, not once per task
+# Every thread gets its own tiktoken Encoding, built from arguments read once per process (a Ray worker's
+# tasks share them). tiktoken's regex keeps its scratch space in pools that only their first thread uses
+# without locking; a second thread that shares the Encoding takes a lock at every piece of text, and the two
+# threads fight over the pool's cache lines: in bench/prepare_bpe.py's C4 pipeline, 2 threads on one shared
+# Encoding took about twice the CPU time of one thread for the same tokens, and ran no faster.
+_ENCODING_ARGS = {}  # per process: a key -> the Encoding's constructor arguments
+_THREAD = threading.local()  # per thread: .encodings, a key -> this thread's Encoding
+
+
+def _thread_encoding(key, build):
+    """This thread's Encoding for key; build() makes the first one in this process."""
+    encodings = _THREAD.__dict__.setdefault('encodings', {})
+    if key not in encodings:
+        if key in _ENCODING_ARGS:
+            import tiktoken
+            encodings[key] = tiktoken.Encoding(**_ENCODING_ARGS[key])  # ~30 ms for GPT-2's 50k tokens
+        else:
+            enc = encodings[key] = build()
+            _ENCODING_ARGS[key] = dict(name=enc.name, pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
+                                       special_tokens=enc._special_tokens)
+    return encodings[key]
 
 
 def get_encoding(name):
-    """A tiktoken encoding, or a one-line error that explains how to provide its files offline."""
-    if name not in _ENCODINGS:
-        import tiktoken
-        try:
-            _ENCODINGS[name] = tiktoken.get_encoding(name)
-        except Exception as e:  # requests' ConnectionError, a ValueError for an unknown name, ...
-            if name not in tiktoken.list_encoding_names():
-                raise UserError(f"unknown tiktoken encoding {name!r} (known: {', '.join(tiktoken.list_encoding_names())})")
-            cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR')
-            raise UserError(
-                f"cannot load the tiktoken encoding {name!r} ({type(e).__name__}"
-                f"{', cache ' + cache if cache else ''}): tiktoken downloads its files once and caches them in "
-                f"$TIKTOKEN_CACHE_DIR; offline, set TIKTOKEN_CACHE_DIR to a folder that holds them, seeded on a "
-                f"machine with internet by: TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; "
-                f"tiktoken.get_encoding('{name}')\" (then copy that folder here)")
-    return _ENCODINGS[name]
+    """This thread's tiktoken encoding `name`, or a one-line error that explains how to provide its files
+    offline."""
+    return _thread_encoding(name, lambda: _load_encoding(name))
+
+
+def _load_encoding(name):
+    import tiktoken
+    try:
+        return tiktoken.get_encoding(name)
+    except Exception as e:  # requests' ConnectionError, a ValueError for an unknown name, ...
+        if name not in tiktoken.list_encoding_names():
+            raise UserError(f"unknown tiktoken encoding {name!r} (known: {', '.join(tiktoken.list_encoding_names())})")
+        cache = os.environ.get('TIKTOKEN_CACHE_DIR') or os.environ.get('DATA_GYM_CACHE_DIR')
+        raise UserError(
+            f"cannot load the tiktoken encoding {name!r} ({type(e).__name__}"
+            f"{', cache ' + cache if cache else ''}): tiktoken downloads its files once and caches them in "
+            f"$TIKTOKEN_CACHE_DIR; offline, set TIKTOKEN_CACHE_DIR to a folder that holds them, seeded on a "
+            f"machine with internet by: TIKTOKEN_CACHE_DIR=/path/to/cache python -c \"import tiktoken; "
+            f"tiktoken.get_encoding('{name}')\" (then copy that folder here)")
 
 
 # How a piece of text is cut before BPE merges, for trained tokenizers: GPT-4's (cl100k_base) pattern,
@@ -97,7 +121,8 @@ def parse_tokenizer_json(text, source='tokenizer.json'):
         raise refuse("it sets continuing_subword_prefix or end_of_word_suffix, which byte-level BPE does not use")
     if model.get('dropout') or model.get('byte_fallback'):
         raise refuse("it sets dropout or byte_fallback")
-    if tok.get('normalizer'):
+    normalizer = tok.get('normalizer')
+    if normalizer and normalizer != {'type': 'Sequence', 'normalizers': []}:  # an empty Sequence does nothing
         raise refuse("it normalizes the text, so decoding would not give back the input's bytes")
     if steps[-1].get('type') != 'ByteLevel' or steps[-1].get('add_prefix_space'):
         raise refuse("its pre-tokenizer does not end with a ByteLevel step without add_prefix_space")
@@ -170,25 +195,23 @@ def tokenizer_json_sha256(text):
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-_BPES = {}  # tokenizer.json's sha256 -> its tiktoken Encoding, built once per process
-
-
 def bpe_encoding(vocab, source='tokenizer.json'):
-    """The tiktoken Encoding of a BPE vocabulary: an encoding by name, or the vocabulary's tokenizer.json
-    (source names it in errors)."""
+    """This thread's tiktoken Encoding of a BPE vocabulary: an encoding by name, or the vocabulary's
+    tokenizer.json (source names it in errors)."""
     if 'tokenizer_json' not in vocab:
         return get_encoding(vocab['tokenizer'])
     key = tokenizer_json_sha256(vocab['tokenizer_json'])
-    if key not in _BPES:
+
+    def build():
         import tiktoken
         ranks, pattern, eot = parse_tokenizer_json(vocab['tokenizer_json'], source)
         try:
-            _BPES[key] = tiktoken.Encoding(f"bpe-{key[:8]}", pat_str=pattern, mergeable_ranks=ranks,
-                                           special_tokens={EOT: eot})
+            return tiktoken.Encoding(f"bpe-{key[:8]}", pat_str=pattern, mergeable_ranks=ranks,
+                                     special_tokens={EOT: eot})
         except ValueError as e:  # the split pattern, which tiktoken compiles (its Rust regex's syntax)
             raise UserError(f"{source} is not a tokenizer this project can use (its split regex does not compile: "
                             f"{' '.join(str(e).split())})") from None
-    return _BPES[key]
+    return _thread_encoding(key, build)
 
 
 def tokenizer_json_vocab(text, source='tokenizer.json'):

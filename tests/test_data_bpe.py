@@ -103,7 +103,7 @@ def test_identical_bytes_for_one_worker_two_ray_workers_and_threads(tmp_path, ra
         out = tmp_path / f'o{i}'
         bpe.prepare(Corpus([str(path)]), out, val_fraction=0.05, seed=1, num_workers=workers, chunk_size=chunk)
         runs.append([(out / f).read_bytes() for f in ('train.bin', 'val.bin', 'meta.json')])
-    assert runs[0] == runs[1] == runs[2] and len(runs[0][1]) > 0
+    assert all(run == runs[0] for run in runs[1:]) and len(runs[0][1]) > 0
 
 
 def test_max_tokens_stops_at_a_document_boundary(tmp_path):
@@ -123,6 +123,44 @@ def test_numpy_encoding_is_encode_ordinary_even_for_lone_surrogates():
     enc = bpe.get_encoding('gpt2')
     for text in DOCS + ["lone \ud800 surrogate", "<|endoftext|><|fim_prefix|>", ""]:
         assert bpe.encode_ordinary(enc, text).tolist() == enc.encode_ordinary(text)
+
+
+def test_a_chunk_encoded_in_one_call_gives_each_documents_own_tokens(tmp_path):
+    """encode_documents joins a chunk's documents with the separator: the ids must be those of each
+    document encoded alone, at every document boundary (trailing spaces and newlines, which the split
+    patterns' lookahead treats by what follows) and for a trained tokenizer's split pattern too."""
+    from nanogpt.data import bpe_trainer
+    from nanogpt.tokenizer import tokenizer_json_vocab
+    edges = ["ends with spaces   ", "\n\nstarts with newlines", "ends with newlines\n\n", " ", "", "12345 67",
+             "x<|fim_prefix|>y", "中文，没有空格。", "tab\t"]
+    docs = c4_docs(300) + edges * 3
+    path = tmp_path / 'train.jsonl'
+    path.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs[:300]), encoding='utf-8')
+    trained = tokenizer_json_vocab(bpe_trainer.train(Corpus([str(path)]), 400, 10**6)[0])
+    for vocab in ({'tokenizer': 'gpt2'}, trained):
+        enc = bpe.bpe_encoding(vocab)
+        alone = [t for d in docs for t in enc.encode_ordinary(d) + [enc.eot_token]]
+        assert bpe.encode_documents(enc, docs).tolist() == alone
+        assert bpe.encode_documents(enc, docs + ["a <|endoftext|> b"]).tolist() == \
+            alone + enc.encode_ordinary("a <|endoftext|> b") + [enc.eot_token]
+
+
+def test_each_thread_encodes_with_its_own_tiktoken_encoding():
+    """Two threads that share one tiktoken Encoding contend for its regex's scratch space (the second
+    thread locks at every piece of text), which made 2 threads no faster than one: each thread gets its own."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+    vocab = {'tokenizer': 'gpt2'}
+    both = threading.Barrier(2)  # both threads at once, so that the pool cannot run both calls on one thread
+
+    def encoding(_):
+        both.wait()
+        return bpe.bpe_encoding(vocab)
+    with ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(encoding, range(2))
+    assert first is not second and bpe.bpe_encoding(vocab) not in (first, second)
+    assert bpe.bpe_encoding(vocab) is bpe.bpe_encoding(vocab)  # built once per thread
+    assert first.encode_ordinary(DOCS[1]) == second.encode_ordinary(DOCS[1])
 
 
 def test_uint32_tokenizer_and_dtype_check(tmp_path):

@@ -122,7 +122,8 @@ def test_speed_is_measured_once_per_cpu_model_then_read_from_the_cache(speed_cac
     assert first.gil_share < 0.3  # sleeping threads overlap
     assert measured_speed('fake', work, 1 << 20, 0.5, threads=True) == first and work.calls == measured  # reused
     (key, entry), = json.loads(speed_cache.read_text()).items()
-    assert key.endswith(f"|{files.cpu_model()}|{workers.available_cpus()} cpus|fake") and entry[3] is True
+    assert key.endswith(f"|{files.cpu_model()}|{workers.available_cpus()} cpus|fake|{workers.CALIBRATION}")
+    assert entry[3] is True
     # another CPU model, another entry, measured on its own
     monkeypatch.setattr(files, 'cpu_model', lambda: 'Another CPU')
     measured_speed('fake', work, 1 << 20, 0.5, threads=True)
@@ -187,7 +188,7 @@ def test_the_pipelines_measure_their_own_per_chunk_work(speed_cache, monkeypatch
     assert c.mb_per_s > 10 and 0 <= c.gil_share <= 1 and 0 < c.ray_efficiency <= char.RAY_EFFICIENCY
     b = bpe.speed({'tokenizer': 'gpt2'})
     assert 1 < b.mb_per_s < c.mb_per_s and 0 <= b.gil_share <= 1 and 0 < b.ray_efficiency <= bpe.RAY_EFFICIENCY
-    assert sorted(k.rsplit('|', 1)[1] for k in json.loads(speed_cache.read_text())) == ['bpe', 'char']
+    assert sorted(k.split('|')[-2] for k in json.loads(speed_cache.read_text())) == ['bpe', 'char']
 
 
 def workers_line(stdout):

@@ -5,6 +5,7 @@ document decoding back to its bytes; the trained tokenizer byte-identical across
 one-line error for each input that cannot work."""
 
 import gzip
+import hashlib
 import json
 import re
 import shutil
@@ -99,21 +100,30 @@ def work(tmp_path_factory):
 KINDS = {  # dataset: (input, the tokenizer options, its dtype)
     'stories_bpe': ('stories.txt', ['--tokenizer=bpe', '--vocab_size=600'], 'uint16'),
     'plays_pairs': ('plays.txt', ['--tokenizer=pairs.json'], 'uint32'),
+    'plays_cl100k': ('plays.txt', ['--tokenizer=cl100k_base'], 'uint32'),
 }
+
+
+# tiktoken caches cl100k_base.tiktoken under the sha1 of its URL
+CL100K_FILE = hashlib.sha1(b'https://openaipublic.blob.core.windows.net/encodings/cl100k_base.tiktoken').hexdigest()
 
 
 @pytest.mark.parametrize('dataset', KINDS)
 def test_model_on_new_tokenizer_trains_resumes_samples_reports_bpb_and_exports(work, tmp_path, run_main, dataset):
     source, options, dtype = KINDS[dataset]
+    if dataset == 'plays_cl100k' and not (SHARED_DATA / 'tiktoken_cache' / CL100K_FILE).is_file():
+        pytest.skip("cl100k_base's file is not in the test tiktoken cache (../shared/data/tiktoken_cache)")
     data = tmp_path / 'data' / dataset
     code, out, err = run_main('data/openwebtext/prepare.py', '--input', work / source, *options, '--out_dir', data,
                               '--num_workers=1', '--val_fraction=0.02', cwd=work)
     assert code == 0, err
     meta, train_ids, val_ids = load_prepared(data)
     vocab = read_vocab(data)
-    assert meta['dtype'] == dtype and meta['tokenizer'] == 'bpe' and (data / 'tokenizer.json').exists()
+    named = options[0].removeprefix('--tokenizer=') if dataset.endswith('cl100k') else None
+    assert meta['dtype'] == dtype and meta['tokenizer'] == (named or 'bpe')
+    assert (data / 'tokenizer.json').exists() == (named is None)
     if dtype == 'uint32':  # ids above 65,535 are really there
-        assert meta['vocab_size'] == 65_793 and train_ids.max() > 65_535
+        assert meta['vocab_size'] == (100_277 if named else 65_793) and train_ids.max() > 65_535
     # a run of 8 iterations, and its snapshot at 4 resumed to 8: the same weights
     args = [*TRAIN, f'--dataset={dataset}', '--max_iters=8']
     code, _, err = run_main('train.py', *args, '--out_dir=a', '--ckpt_iters=[4]', cwd=tmp_path)
@@ -354,6 +364,7 @@ BAD_TOKENIZER_JSON = {  # a file's changes to abc_tokenizer: what the one line m
     'another special': ({'added_tokens': [{'id': 0, 'content': EOT, 'special': True},
                                           {'id': 260, 'content': '<|im_start|>', 'special': True}]},
                         "added tokens other than <|endoftext|>, which tiktoken's encoder would not know: <|im_start|>"),
+    'lowercase': ({'normalizer': {'type': 'Sequence', 'normalizers': [{'type': 'Lowercase'}]}}, "it normalizes the text"),
 }
 
 
@@ -368,6 +379,13 @@ def test_a_bad_tokenizer_json_is_one_line(tmp_path, name):
         bpe.check_tokenizer(str(path))
     assert str(e.value).startswith(f"{path} is not a tokenizer this project can use (") and message in str(e.value)
     assert '\n' not in str(e.value)
+
+
+def test_an_empty_normalizer_sequence_is_no_normalizer(tmp_path):
+    """Files saved by some versions of `tokenizers` (DeepSeek's, for one) hold an empty Sequence: not refused."""
+    path = tmp_path / 'empty.json'
+    path.write_text(abc_tokenizer(normalizer={'type': 'Sequence', 'normalizers': []}))
+    assert bpe_encoding(bpe.check_tokenizer(str(path))).encode_ordinary('abc') == [259]
 
 
 def test_a_bad_out_dir_is_reported_before_the_tokenizer_is_trained(work, tmp_path, capsys):

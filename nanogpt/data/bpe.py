@@ -22,7 +22,7 @@ from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mas
 from nanogpt.data.sources import Corpus, check_inputs, chunk_documents, chunk_progress, load_hf_dataset
 from nanogpt.data.workers import Workers, choose_workers, measured_speed
 from nanogpt.errors import UserError
-from nanogpt.tokenizer import bpe_encoding, check_reaches_its_tokens, get_encoding, tokenizer_json_vocab
+from nanogpt.tokenizer import EOT, bpe_encoding, check_reaches_its_tokens, get_encoding, tokenizer_json_vocab
 
 # N Ray workers run RAY_EFFICIENCY * N times as fast as one (bench/prepare_bpe.py; docs/data.md, "Choosing the
 # workers"); one worker's speed and the threads' are measured on the CPU at hand (speed())
@@ -70,13 +70,28 @@ def encode_chunk(chunk, dtype, split, vocab):
     """One task: (bytes read, token ids with <|endoftext|> after each document, tokens per document, split)."""
     enc = bpe_encoding(vocab)
     docs = chunk_documents(chunk)
-    eot = np.array([enc.eot_token], np.uint32)
-    tokens = [encode_ordinary(enc, d) for d in docs]
-    lens = np.fromiter(map(len, tokens), np.int64, len(tokens)) + 1
-    ids = np.concatenate([a for t in tokens for a in (t, eot)]) if tokens else eot[:0]
+    ids = encode_documents(enc, docs)
     if len(ids) and int(ids.max()) > np.iinfo(dtype).max:
         raise UserError(f"token id {int(ids.max())} does not fit in {np.dtype(dtype).name}")
+    lens = np.diff(np.flatnonzero(ids == enc.eot_token), prepend=-1)  # the separator is no ordinary text's token
     return chunk_progress(chunk, sum(map(len, docs))), ids.astype(dtype), lens, split
+
+
+def encode_documents(enc, docs):
+    """The documents' tokens, each followed by <|endoftext|>, as one uint32 array. The chunk goes to the
+    encoder in one call, joined by the separator, which tiktoken encodes exactly as each document alone
+    followed by it. One call per chunk lets a thread take the GIL back once per chunk rather than after
+    every document (a few KB), when it would often wait for the other thread's JSON parsing. A chunk with
+    the separator in its text is encoded a document at a time, so that the separator stays text there."""
+    if not docs:
+        return np.zeros(0, np.uint32)
+    if not any(EOT in d for d in docs):
+        try:  # other special tokens (cl100k_base's <|fim_prefix|>, ...) stay text, as in encode_ordinary
+            return enc.encode_to_numpy(EOT.join(docs) + EOT, allowed_special={EOT}, disallowed_special=())
+        except UnicodeEncodeError:  # lone surrogates (possible in JSON): encode_ordinary replaces them
+            pass
+    eot = np.array([enc.eot_token], np.uint32)
+    return np.concatenate([a for d in docs for a in (encode_ordinary(enc, d), eot)])
 
 
 def speed(vocab):
@@ -84,7 +99,7 @@ def speed(vocab):
     cached as one figure for every BPE: all run on tiktoken's encoder, a trained one at 0.85-1.03x GPT-2's speed
     (bench/bpe_vocab.py)."""
     dtype = dtype_for(bpe_encoding(vocab).n_vocab)
-    return measured_speed('bpe', lambda chunk: encode_chunk(chunk, dtype, None, vocab), 1 << 19,
+    return measured_speed('bpe', lambda chunk: encode_chunk(chunk, dtype, None, vocab), 1 << 20,
                           RAY_EFFICIENCY, threads=True)
 
 

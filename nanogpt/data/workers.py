@@ -30,6 +30,10 @@ RAY_FIXED_S = 6.7
 # is within the noise of a short measurement, and threads that share the GIL slow each other down
 THREADS_MIN_SPEEDUP = 1.05
 
+# Part of the cache key of the measured speeds: raised whenever a pipeline's per-chunk work changes speed,
+# so that figures cached by older code are measured again (2: BPE threads with an encoder each, bpe.py)
+CALIBRATION = 2
+
 
 class Speed(NamedTuple):
     """A pipeline's speed on this CPU (measured_speed), which --num_workers auto weighs against RAY_FIXED_S."""
@@ -50,8 +54,8 @@ def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
     (2 cores, or 2 hyperthreads of one) whether threads, or Ray, beat one worker."""
     cpus = available_cpus()
     (mb_per_s, gil_share, cores, quiet), path = cached_measurement(
-        'worker_speed.json', f"{cpus} cpus|{pipeline}", lambda: _calibrate(work, sample_bytes, threads, cpus > 1),
-        valid=_usable)
+        'worker_speed.json', f"{cpus} cpus|{pipeline}|{CALIBRATION}",
+        lambda: _calibrate(work, sample_bytes, threads, cpus > 1), valid=_usable)
     where = f"cached in {path}" if quiet else "not cached: other processes were using the CPUs"
     # Ray's workers are processes: they scale as the cores do, which 2 hyperthreads of one core, or cores
     # that other jobs hold, do not
