@@ -22,28 +22,47 @@ def cached_measurement(file_name, key, measure, valid):
     """What measure() gives on this CPU for key (e.g. a thread count and a dtype), measured once per CPU
     model and key, then read from cache_dir(file_name): (value, the cache file's path). An entry that is
     missing, or that valid(entry) rejects (a file edited or cut short), is measured again."""
+    value = recorded_measurement(file_name, key)
+    try:
+        ok = valid(value)
+    except (IndexError, TypeError, ValueError):
+        ok = False
+    if not ok:
+        value = measure()
+        record_measurement(file_name, key, value)
+    return value, cache_dir(file_name)
+
+
+def recorded_measurement(file_name, key):
+    """The value recorded for key on this CPU model in cache_dir(file_name), or None."""
+    return _read_measurements(cache_dir(file_name)).get(_cpu_key(key))
+
+
+def record_measurement(file_name, key, value):
+    """Record value for key on this CPU model in cache_dir(file_name), beside the other entries. A cache that
+    cannot be written is skipped: the figure is measured again next time."""
     path = cache_dir(file_name)
-    key = f"{platform.processor() or platform.machine()}|{cpu_model()}|{key}"
+    cache = _read_measurements(path)
+    cache[_cpu_key(key)] = value
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with atomic_write(path, 'w') as f:  # several processes may measure at once
+            json.dump(cache, f, indent=1)
+    except OSError:
+        pass
+
+
+def _cpu_key(key):
+    return f"{platform.processor() or platform.machine()}|{cpu_model()}|{key}"
+
+
+def _read_measurements(path):
     try:
         with open(path) as f:
             cache = json.load(f)
-        if not isinstance(cache, dict):
-            cache = {}
     except (OSError, ValueError):
-        cache = {}
-    try:
-        ok = valid(cache[key])
-    except (KeyError, IndexError, TypeError, ValueError):
-        ok = False
-    if not ok:
-        cache[key] = measure()
-        try:
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            with atomic_write(path, 'w') as f:  # several processes may measure at once
-                json.dump(cache, f, indent=1)
-        except OSError:
-            pass  # measured again next time
-    return cache[key], path
+        return {}
+    return cache if isinstance(cache, dict) else {}
 
 
 def cpu_model():

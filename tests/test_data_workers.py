@@ -12,7 +12,7 @@ from conftest import SHARED_DATA, load_prepared, run_prepare
 from nanogpt import files
 from nanogpt.data import bpe, char, workers
 from nanogpt.data.sources import Corpus
-from nanogpt.data.workers import RAY_FIXED_S, Speed, choose_workers, measured_speed
+from nanogpt.data.workers import RAY_COST_FILE, RAY_FIXED_S, Speed, choose_workers, measured_speed
 
 SPEED = Speed(mb_per_s=200.0, ray_efficiency=0.8)
 # the pipelines' figures on the 2-core Xeon of docs/data.md ("Choosing the workers"), as examples of real speeds
@@ -29,12 +29,13 @@ def predicted_seconds(plan, n_bytes, speed):
         return one
     if plan.kind == 'threads':
         return one * (speed.gil_share + (1 - speed.gil_share) / plan.workers)
-    return RAY_FIXED_S + one / (speed.ray_efficiency * plan.workers)
+    return speed.ray_fixed_s + one / (speed.ray_efficiency * plan.workers)
 
 
 def test_auto_picks_the_fastest_by_the_measured_figures():
     threaded = Speed(mb_per_s=10.0, ray_efficiency=0.85, gil_share=0.15)
-    for speed in (SPEED, threaded, XEON_CHAR, XEON_BPE):
+    slow_ray = SPEED._replace(ray_fixed_s=60.0)  # as measured on a machine where Ray starts slowly
+    for speed in (SPEED, threaded, XEON_CHAR, XEON_BPE, slow_ray):
         for cpus in (2, 8, 64):
             for n_bytes in (1e6, 1e8, 3e8, 1e9, 2.5e9, 1e10, 1e11):
                 plan = choose_workers('auto', n_bytes, speed, cpus=cpus)
@@ -46,6 +47,7 @@ def test_auto_picks_the_fastest_by_the_measured_figures():
     # on 2 CPUs 3 GB stays in this process and 30 GB goes to Ray on every CPU; more CPUs, a lower threshold
     assert choose_workers('auto', 3e9, SPEED, cpus=2)[:2] == ('process', 1)
     assert choose_workers('auto', 3e10, SPEED, cpus=2)[:2] == ('ray', 2)
+    assert choose_workers('auto', 3e10, slow_ray, cpus=2)[:2] == ('process', 1)  # Ray's cost as measured here
     assert choose_workers('auto', 3e9, SPEED, cpus=64)[:2] == ('ray', 64)
     assert choose_workers('auto', 1e9, SPEED, cpus=1)[:2] == ('process', 1)
     # threads that scale as well as Ray are always preferred on one machine: no start-up to pay
@@ -217,9 +219,15 @@ def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path, speed_cache)
     where = 'in this process' if plan.kind == 'process' else 'threads in this process'
     assert workers_line(r.stdout) == f"workers: {plan.workers or 1} {where} ({plan.reason})"
     assert plan.reason.startswith('2 MB; ') and ray_tasks(r.stdout) is None  # Ray not started
+    assert char.speed().ray_fixed_s == RAY_FIXED_S  # no local Ray has run here yet: the stand-in figure
     r = run_prepare('tinystories_char', '--input', corpus, '--out_dir', tmp_path / 'two', '--num_workers', '2')
     assert r.returncode == 0, r.stderr
     assert workers_line(r.stdout) == 'workers: 2 Ray workers (--num_workers 2)'
+    # the run timed what Ray cost it (import, start, shutdown: seconds), which auto now weighs on 2 CPUs
+    (key, ray_cost), = json.loads((speed_cache.parent / RAY_COST_FILE).read_text()).items()
+    assert key.endswith('|2 workers') and 0.5 < ray_cost < 120
+    if workers.available_cpus() == 2:
+        assert char.speed().ray_fixed_s == ray_cost and "Ray's start-up as it last ran here" in char.speed().source
     tasks, nodes = ray_tasks(r.stdout)  # the work came back from Ray's tasks
     assert tasks >= 2 and nodes == 1, r.stdout
     assert [(tmp_path / 'auto' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \

@@ -15,15 +15,17 @@ import time
 from typing import NamedTuple, Optional
 
 from nanogpt.errors import UserError
-from nanogpt.files import cached_measurement
+from nanogpt.files import cache_dir, cached_measurement, record_measurement, recorded_measurement
 
 MiB = 1 << 20
 
 
 # Import Ray, start a local Ray with its workers, shut it down: what a run on Ray pays before and after
-# its first chunk, measured with bench/prepare_char.py on the machine in docs/data.md ("Choosing the
-# workers"). A running cluster (--ray_address) pays none of it.
+# its first chunk. Every run that starts a local Ray measures it and records it for this CPU and worker
+# count (Workers); until one has run here, this figure, measured with bench/prepare_char.py on the
+# machine in docs/data.md ("Choosing the workers"), stands in. A running cluster (--ray_address) pays none of it.
 RAY_FIXED_S = 6.7
+RAY_COST_FILE = 'ray_fixed_cost.json'
 
 
 # Threads run only where they are predicted to run at least this much faster than one worker: a smaller gain
@@ -42,6 +44,7 @@ class Speed(NamedTuple):
     gil_share: Optional[float] = None  # share of one worker's time that holds the GIL: N threads of this process
     # run 1 / (gil_share + (1 - gil_share) / N) times as fast as one (Amdahl); None: no threads
     source: str = ''  # where the figures come from, for the log
+    ray_fixed_s: float = RAY_FIXED_S  # seconds to import, start and shut down a local Ray on every CPU
 
 
 def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
@@ -57,10 +60,15 @@ def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
         'worker_speed.json', f"{cpus} cpus|{pipeline}|{CALIBRATION}",
         lambda: _calibrate(work, sample_bytes, threads, cpus > 1), valid=_usable)
     where = f"cached in {path}" if quiet else "not cached: other processes were using the CPUs"
+    ray_fixed_s = recorded_measurement(RAY_COST_FILE, f"{cpus} workers")
+    if isinstance(ray_fixed_s, (int, float)) and ray_fixed_s > 0:
+        where += f"; Ray's start-up as it last ran here ({cache_dir(RAY_COST_FILE)})"
+    else:
+        ray_fixed_s = RAY_FIXED_S
     # Ray's workers are processes: they scale as the cores do, which 2 hyperthreads of one core, or cores
     # that other jobs hold, do not
     return Speed(mb_per_s, ray_efficiency * min(1.0, cores / 2), gil_share,
-                 f"{pipeline} speed measured on this CPU, {where}")
+                 f"{pipeline} speed measured on this CPU, {where}", ray_fixed_s)
 
 
 def _usable(entry):
@@ -180,8 +188,8 @@ def choose_workers(requested, n_bytes, speed, ray_address=None, cpus=None):
         return local._replace(reason=f"{size}; on {cpus} CPU{'s' * (cpus > 1)} Ray would run at {ray_speedup:.2f}x "
                                      f"one worker, this process at {local_speedup:.2f}x{source}")
     # Ray wins when the time it saves, n_bytes / rate * (1 / local_speedup - 1 / ray_speedup), exceeds its fixed cost
-    threshold = RAY_FIXED_S * speed.mb_per_s * 1e6 / (1 / local_speedup - 1 / ray_speedup)
-    why = f"Ray's ~{RAY_FIXED_S:g} s start-up pays off above {threshold / 1e6:,.0f} MB on {cpus} CPUs{source}"
+    threshold = speed.ray_fixed_s * speed.mb_per_s * 1e6 / (1 / local_speedup - 1 / ray_speedup)
+    why = f"Ray's ~{speed.ray_fixed_s:.1f} s start-up pays off above {threshold / 1e6:,.0f} MB on {cpus} CPUs{source}"
     if n_bytes is not None and n_bytes <= threshold:
         return local._replace(reason=f"{size}; {why}")
     return Plan('ray', cpus, f"{size}; {why}")
@@ -278,22 +286,28 @@ class Workers:
     flight, so memory stays bounded however many chunks there are. 'process': plain calls, so a small job
     pays no Ray start-up. 'threads': a thread pool of this process, for work that releases the GIL.
     'ray': Ray tasks; a Ray already initialised in this process (a benchmark, a test fixture) is reused
-    and left running. Says in one line what runs and why, and, on Ray, how many tasks ran on each node."""
+    and left running; one it starts and stops is timed, and the time recorded for --num_workers auto
+    (RAY_FIXED_S). Says in one line what runs and why, and, on Ray, how many tasks ran on each node."""
 
     def __init__(self, plan):
-        self.kind, self.num_workers, self.ray = plan.kind, plan.workers or 1, None
+        self.kind, self.num_workers, self.ray, self.address = plan.kind, plan.workers or 1, None, plan.address
         self.started_ray = False
         self.tasks_per_node = collections.Counter()
         if self.kind == 'ray':
+            t0, imported = time.perf_counter(), 'ray' in sys.modules
             try:
                 import ray
             except ImportError:
                 raise UserError("--num_workers above 1 runs on Ray, which is not installed: pip install ray, "
                                 "or pass --num_workers 1")
             self.ray = ray
+            # what this run pays for Ray, recorded below for --num_workers auto; an import paid before is not counted
+            import_s = 0.0 if imported else time.perf_counter() - t0
             if not ray.is_initialized():
+                t0 = time.perf_counter()
                 self.num_workers = start_ray(plan.workers, plan.address)
                 self.started_ray = True
+                self.ray_start_s = time.perf_counter() - t0 + import_s
             elif plan.workers is None:
                 self.num_workers = max(1, int(ray.cluster_resources().get('CPU', 1)))
         where = {'process': 'in this process', 'threads': 'threads in this process',
@@ -305,7 +319,11 @@ class Workers:
 
     def __exit__(self, *exc):
         if self.started_ray:
+            t0 = time.perf_counter()
             self.ray.shutdown()
+            if exc[0] is None and self.address is None:  # a local Ray, started and stopped by this run
+                record_measurement(RAY_COST_FILE, f"{self.num_workers} workers",
+                                   self.ray_start_s + time.perf_counter() - t0)
         if exc[0] is None and self.tasks_per_node:
             nodes = ', '.join(f"{node[:8]} {n}" for node, n in self.tasks_per_node.most_common())
             print(f"ray: {sum(self.tasks_per_node.values())} tasks on {len(self.tasks_per_node)} "
