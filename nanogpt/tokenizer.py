@@ -8,7 +8,7 @@ what the model was trained on, without the data folder.
 Every BPE, a tokenizer.json one included, runs on tiktoken's encoder (bpe_encoding): for a byte-level
 BPE whose token ids follow its merge order and that says "ignore_merges" (as tiktoken takes a piece of
 text that is a token whole), as a trained one does, it gives the same ids as Hugging Face's own encoder
-(tests/test_tokenizers.py) at about 5x its speed per core (docs/data.md); an export converts the
+(tests/test_tokenizers.py) at 2.5–5x its speed per core (docs/data.md); an export converts the
 encoding itself (hf.hf_tokenizer_json), which gives our ids whatever merges the file listed.
 """
 
@@ -30,20 +30,22 @@ from nanogpt.errors import UserError
 # threads fight over the pool's cache lines: in bench/prepare_bpe.py's C4 pipeline, 2 threads on one shared
 # Encoding took about twice the CPU time of one thread for the same tokens, and ran no faster.
 _ENCODING_ARGS = {}  # per process: a key -> the Encoding's constructor arguments
+_FIRST_BUILD = threading.Lock()  # two threads that ask at once must not both get tiktoken's registry object
 _THREAD = threading.local()  # per thread: .encodings, a key -> this thread's Encoding
 
 
 def _thread_encoding(key, build):
-    """This thread's Encoding for key; build() makes the first one in this process."""
+    """This thread's Encoding for key; build() makes the first one in this process, which that thread keeps."""
     encodings = _THREAD.__dict__.setdefault('encodings', {})
     if key not in encodings:
-        if key in _ENCODING_ARGS:
+        with _FIRST_BUILD:
+            if key not in _ENCODING_ARGS:
+                enc = encodings[key] = build()
+                _ENCODING_ARGS[key] = dict(name=enc.name, pat_str=enc._pat_str,
+                                           mergeable_ranks=enc._mergeable_ranks, special_tokens=enc._special_tokens)
+        if key not in encodings:
             import tiktoken
-            encodings[key] = tiktoken.Encoding(**_ENCODING_ARGS[key])  # ~30 ms for GPT-2's 50k tokens
-        else:
-            enc = encodings[key] = build()
-            _ENCODING_ARGS[key] = dict(name=enc.name, pat_str=enc._pat_str, mergeable_ranks=enc._mergeable_ranks,
-                                       special_tokens=enc._special_tokens)
+            encodings[key] = tiktoken.Encoding(**_ENCODING_ARGS[key])  # 27 ms for GPT-2's 50k tokens
     return encodings[key]
 
 

@@ -128,7 +128,10 @@ def test_numpy_encoding_is_encode_ordinary_even_for_lone_surrogates():
 def test_a_chunk_encoded_in_one_call_gives_each_documents_own_tokens(tmp_path):
     """encode_documents joins a chunk's documents with the separator: the ids must be those of each
     document encoded alone, at every document boundary (trailing spaces and newlines, which the split
-    patterns' lookahead treats by what follows) and for a trained tokenizer's split pattern too."""
+    patterns' lookahead treats by what follows), for a trained tokenizer's split pattern too, and with a
+    second special token in the encoding, which stays text."""
+    import tiktoken
+
     from nanogpt.data import bpe_trainer
     from nanogpt.tokenizer import tokenizer_json_vocab
     edges = ["ends with spaces   ", "\n\nstarts with newlines", "ends with newlines\n\n", " ", "", "12345 67",
@@ -137,12 +140,17 @@ def test_a_chunk_encoded_in_one_call_gives_each_documents_own_tokens(tmp_path):
     path = tmp_path / 'train.jsonl'
     path.write_text(''.join(json.dumps({'text': d}) + '\n' for d in docs[:300]), encoding='utf-8')
     trained = tokenizer_json_vocab(bpe_trainer.train(Corpus([str(path)]), 400, 10**6)[0])
-    for vocab in ({'tokenizer': 'gpt2'}, trained):
-        enc = bpe.bpe_encoding(vocab)
+    gpt2 = bpe.bpe_encoding({'tokenizer': 'gpt2'})
+    # as cl100k_base has: a special token besides the separator, which must stay text too
+    fim = tiktoken.Encoding('gpt2+fim', pat_str=gpt2._pat_str, mergeable_ranks=gpt2._mergeable_ranks,
+                            special_tokens={'<|endoftext|>': 50256, '<|fim_prefix|>': 50257})
+    for enc in (gpt2, bpe.bpe_encoding(trained), fim):
         alone = [t for d in docs for t in enc.encode_ordinary(d) + [enc.eot_token]]
-        assert bpe.encode_documents(enc, docs).tolist() == alone
-        assert bpe.encode_documents(enc, docs + ["a <|endoftext|> b"]).tolist() == \
-            alone + enc.encode_ordinary("a <|endoftext|> b") + [enc.eot_token]
+        assert bpe.encode_documents(enc, docs).tolist() == alone and 50257 not in alone
+        # a literal separator, or a lone surrogate (which JSON can hold), sends the chunk a document at a time
+        for odd in ("a <|endoftext|> b", "lone \ud800 surrogate"):
+            assert bpe.encode_documents(enc, docs + [odd]).tolist() == \
+                alone + bpe.encode_ordinary(enc, odd).tolist() + [enc.eot_token]
 
 
 def test_each_thread_encodes_with_its_own_tiktoken_encoding():

@@ -132,6 +132,17 @@ def test_speed_is_measured_once_per_cpu_model_then_read_from_the_cache(speed_cac
     assert work.calls > measured and len(json.loads(speed_cache.read_text())) == 2
 
 
+def test_auto_weighs_the_fastest_of_the_last_ray_start_ups_recorded_here(speed_cache):
+    """A busy machine's slow start-up must not keep Ray out for good: the fastest of the last few counts, and
+    entries that are no number of seconds are left out."""
+    work = fake_work(0.002, gil=False)
+    key = f"{workers.available_cpus()} workers"
+    files.record_measurement(RAY_COST_FILE, key, [30.0, 4.5, True, -1, 'x', 12.0])
+    assert measured_speed('fake', work, 1 << 16, 0.5, threads=False).ray_fixed_s == 4.5
+    files.record_measurement(RAY_COST_FILE, key, 'not a list')
+    assert measured_speed('fake', work, 1 << 16, 0.5, threads=False).ray_fixed_s == RAY_FIXED_S
+
+
 @pytest.mark.parametrize('content', ['{"truncated', '[1, 2]', 'KEY', 'NEGATIVE', 'SHORT'])
 def test_a_corrupt_cache_is_measured_again(speed_cache, content):
     work = fake_work(0.002, gil=False)
@@ -208,7 +219,7 @@ def ray_tasks(stdout):
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
-def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path, speed_cache):
+def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path, speed_cache, monkeypatch):
     corpus = SHARED_DATA / 'tinystories_train_head2MiB.txt'
     # this machine's CPUs and speed, as the script reads them from the cache measured here
     plan = choose_workers('auto', Corpus([str(corpus)]).text_bytes(), char.speed)
@@ -224,10 +235,10 @@ def test_scripts_say_what_they_chose_and_obey_num_workers(tmp_path, speed_cache)
     assert r.returncode == 0, r.stderr
     assert workers_line(r.stdout) == 'workers: 2 Ray workers (--num_workers 2)'
     # the run timed what Ray cost it (import, start, shutdown: seconds), which auto now weighs on 2 CPUs
-    (key, ray_cost), = json.loads((speed_cache.parent / RAY_COST_FILE).read_text()).items()
-    assert key.endswith('|2 workers') and 0.5 < ray_cost < 120
-    if workers.available_cpus() == 2:
-        assert char.speed().ray_fixed_s == ray_cost and "Ray's start-up as it last ran here" in char.speed().source
+    (key, ray_costs), = json.loads((speed_cache.parent / RAY_COST_FILE).read_text()).items()
+    assert key.endswith('|2 workers') and len(ray_costs) == 1 and 0.5 < ray_costs[0] < 120
+    monkeypatch.setattr(workers, 'available_cpus', lambda: 2)
+    assert char.speed().ray_fixed_s == ray_costs[0] and "Ray's start-up as measured here" in char.speed().source
     tasks, nodes = ray_tasks(r.stdout)  # the work came back from Ray's tasks
     assert tasks >= 2 and nodes == 1, r.stdout
     assert [(tmp_path / 'auto' / f).read_bytes() for f in ('train.bin', 'val.bin')] == \

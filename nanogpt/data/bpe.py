@@ -3,10 +3,10 @@ encoding, a byte-level BPE trained on the corpus first (bpe_trainer.py) or read 
 
 The engine is the char pipeline's (nanogpt/data/: sources, workers, output): the corpus is cut into chunks of about
 --chunk_size bytes of whole documents, each chunk is one Ray task, at most two tasks per worker are
-in flight, and the results come back in order. A task runs tiktoken's encode_ordinary on each
-document (special tokens in the text are treated as plain text), appends <|endoftext|> (50256 for
-GPT-2, 0 for a trained BPE) after each, checks the ids against the output dtype and returns one compact
-array. Unlike the char pipeline the output length is not known before tokenizing, so this process appends the arrays,
+in flight, and the results come back in order. A task encodes each document as tiktoken's
+encode_ordinary does (special tokens in the text are plain text), with <|endoftext|> (50256 for GPT-2,
+0 for a trained BPE) after each, in one encoder call per chunk (encode_documents), checks the ids
+against the output dtype and returns one compact array. Unlike the char pipeline the output length is not known before tokenizing, so this process appends the arrays,
 in order, to train.bin / val.bin: ~2 bytes per 4 bytes of text, which costs little next to the
 tokenization. Whole documents go to val.bin with probability val_fraction, by a hash of (seed,
 document index), so the bytes do not depend on the worker count or chunk size.
@@ -87,7 +87,7 @@ def encode_documents(enc, docs):
         return np.zeros(0, np.uint32)
     if not any(EOT in d for d in docs):
         try:  # other special tokens (cl100k_base's <|fim_prefix|>, ...) stay text, as in encode_ordinary
-            return enc.encode_to_numpy(EOT.join(docs) + EOT, allowed_special={EOT}, disallowed_special=())
+            return enc.encode_to_numpy(EOT.join([*docs, '']), allowed_special={EOT}, disallowed_special=())
         except UnicodeEncodeError:  # lone surrogates (possible in JSON): encode_ordinary replaces them
             pass
     eot = np.array([enc.eot_token], np.uint32)

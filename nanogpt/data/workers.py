@@ -21,11 +21,14 @@ MiB = 1 << 20
 
 
 # Import Ray, start a local Ray with its workers, shut it down: what a run on Ray pays before and after
-# its first chunk. Every run that starts a local Ray measures it and records it for this CPU and worker
-# count (Workers); until one has run here, this figure, measured with bench/prepare_char.py on the
-# machine in docs/data.md ("Choosing the workers"), stands in. A running cluster (--ray_address) pays none of it.
+# its first chunk. Every run that starts a local Ray measures it and records it for this CPU model and
+# worker count (Workers); auto weighs the fastest of the last RAY_COSTS_KEPT, so that one run on a busy
+# machine does not keep Ray out. Until a local Ray has run here, this figure, measured with
+# bench/prepare_char.py on the machine in docs/data.md ("Choosing the workers"), stands in. A running
+# cluster (--ray_address) pays none of it.
 RAY_FIXED_S = 6.7
 RAY_COST_FILE = 'ray_fixed_cost.json'
+RAY_COSTS_KEPT = 5
 
 
 # Threads run only where they are predicted to run at least this much faster than one worker: a smaller gain
@@ -38,7 +41,7 @@ CALIBRATION = 2
 
 
 class Speed(NamedTuple):
-    """A pipeline's speed on this CPU (measured_speed), which --num_workers auto weighs against RAY_FIXED_S."""
+    """A pipeline's speed on this CPU (measured_speed), which --num_workers auto weighs against Ray's fixed cost."""
     mb_per_s: float  # one worker in this process, input MB per second
     ray_efficiency: float  # N Ray workers run ray_efficiency * N times as fast as one (the driver's share included)
     gil_share: Optional[float] = None  # share of one worker's time that holds the GIL: N threads of this process
@@ -60,15 +63,23 @@ def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
         'worker_speed.json', f"{cpus} cpus|{pipeline}|{CALIBRATION}",
         lambda: _calibrate(work, sample_bytes, threads, cpus > 1), valid=_usable)
     where = f"cached in {path}" if quiet else "not cached: other processes were using the CPUs"
-    ray_fixed_s = recorded_measurement(RAY_COST_FILE, f"{cpus} workers")
-    if isinstance(ray_fixed_s, (int, float)) and ray_fixed_s > 0:
-        where += f"; Ray's start-up as it last ran here ({cache_dir(RAY_COST_FILE)})"
+    ray_fixed_s = min(_ray_costs(cpus), default=None)
+    if ray_fixed_s is not None:
+        where += f"; Ray's start-up as measured here ({cache_dir(RAY_COST_FILE)})"
     else:
         ray_fixed_s = RAY_FIXED_S
     # Ray's workers are processes: they scale as the cores do, which 2 hyperthreads of one core, or cores
     # that other jobs hold, do not
     return Speed(mb_per_s, ray_efficiency * min(1.0, cores / 2), gil_share,
                  f"{pipeline} speed measured on this CPU, {where}", ray_fixed_s)
+
+
+def _ray_costs(workers):
+    """The seconds that the last runs which started a local Ray with this many workers paid for it (Workers)."""
+    costs = recorded_measurement(RAY_COST_FILE, f"{workers} workers")
+    if not isinstance(costs, list):
+        return []
+    return [c for c in costs if type(c) in (int, float) and 0 < c < 600]  # not a bool, nor a file edited by hand
 
 
 def _usable(entry):
@@ -92,12 +103,13 @@ def _calibrate(work, sample_bytes, threads, parallel, rounds=3):
         n_bytes = os.path.getsize(path)
         chunk = ('file', path, 0, n_bytes, True, None)  # as Corpus.chunks cuts a .txt file
         block = os.urandom(4 << 20)
-        work(chunk)  # first-call costs (imports, an encoder's tables) are no part of the speed
         best = collections.defaultdict(lambda: float('inf'))
         timings = [('one', work, chunk, 1), ('hash', _hash, block, 1)]
         if parallel:
             timings += [('two', work, chunk, 2)] * threads + [('hashes', _hash, block, 2)]
         with ThreadPoolExecutor(2) as pool:
+            # first-call costs (imports, each thread's own encoder) are no part of the speed
+            list(pool.map(work, [chunk] * 2))
             for _ in range(rounds):
                 for name, fn, arg, n in timings:
                     t0 = time.perf_counter()
@@ -301,13 +313,12 @@ class Workers:
                 raise UserError("--num_workers above 1 runs on Ray, which is not installed: pip install ray, "
                                 "or pass --num_workers 1")
             self.ray = ray
-            # what this run pays for Ray, recorded below for --num_workers auto; an import paid before is not counted
-            import_s = 0.0 if imported else time.perf_counter() - t0
             if not ray.is_initialized():
-                t0 = time.perf_counter()
                 self.num_workers = start_ray(plan.workers, plan.address)
                 self.started_ray = True
-                self.ray_start_s = time.perf_counter() - t0 + import_s
+                # what this run paid to import and start Ray, for --num_workers auto; a process that had
+                # imported Ray before (a benchmark) did not pay all of it, and is not timed
+                self.ray_start_s = None if imported else time.perf_counter() - t0
             elif plan.workers is None:
                 self.num_workers = max(1, int(ray.cluster_resources().get('CPU', 1)))
         where = {'process': 'in this process', 'threads': 'threads in this process',
@@ -321,9 +332,9 @@ class Workers:
         if self.started_ray:
             t0 = time.perf_counter()
             self.ray.shutdown()
-            if exc[0] is None and self.address is None:  # a local Ray, started and stopped by this run
-                record_measurement(RAY_COST_FILE, f"{self.num_workers} workers",
-                                   self.ray_start_s + time.perf_counter() - t0)
+            if exc[0] is None and not self.address and self.ray_start_s is not None:  # a local Ray, timed whole
+                costs = _ray_costs(self.num_workers) + [self.ray_start_s + time.perf_counter() - t0]
+                record_measurement(RAY_COST_FILE, f"{self.num_workers} workers", costs[-RAY_COSTS_KEPT:])
         if exc[0] is None and self.tasks_per_node:
             nodes = ', '.join(f"{node[:8]} {n}" for node, n in self.tasks_per_node.most_common())
             print(f"ray: {sum(self.tasks_per_node.values())} tasks on {len(self.tasks_per_node)} "
