@@ -12,7 +12,7 @@ from conftest import SHARED_DATA, load_prepared, run_prepare
 from nanogpt import files
 from nanogpt.data import bpe, char, workers
 from nanogpt.data.sources import Corpus
-from nanogpt.data.workers import RAY_COST_FILE, RAY_FIXED_S, Speed, choose_workers, measured_speed
+from nanogpt.data.workers import RAY_COST_FILE, RAY_FIXED_S, RAY_SHARE_FILE, Speed, choose_workers, measured_speed
 
 SPEED = Speed(mb_per_s=200.0, ray_efficiency=0.8)
 # the pipelines' figures on the 2-core Xeon of docs/data.md ("Choosing the workers"), as examples of real speeds
@@ -141,6 +141,35 @@ def test_auto_weighs_the_fastest_of_the_last_ray_start_ups_recorded_here(speed_c
     assert measured_speed('fake', work, 1 << 16, 0.5, threads=False).ray_fixed_s == 4.5
     files.record_measurement(RAY_COST_FILE, key, 'not a list')
     assert measured_speed('fake', work, 1 << 16, 0.5, threads=False).ray_fixed_s == RAY_FIXED_S
+
+
+def test_auto_weighs_the_best_ray_worker_share_recorded_for_the_pipeline(speed_cache):
+    work = fake_work(0.002, gil=False)
+    cpus = workers.available_cpus()
+    files.record_measurement(RAY_SHARE_FILE, f"{cpus} workers|fake", [0.5, 0.8, True, 1.5, 0.7])
+    files.record_measurement(RAY_SHARE_FILE, f"{cpus} workers|other", [0.1])
+    speed = measured_speed('fake', work, 1 << 16, 0.3, threads=False)
+    cores = json.loads(speed_cache.read_text()).popitem()[1][2]  # 2 cores' measured scaling multiplies it
+    assert speed.ray_efficiency == pytest.approx(0.8 * min(1.0, cores / 2)) and "share as measured" in speed.source
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_DATA.is_dir(), reason='../shared/data (real corpora) not present')
+def test_a_run_on_a_local_ray_records_its_workers_share(tmp_path, speed_cache, monkeypatch):
+    """What a run on a local Ray measures for auto besides its cost (test_scripts_say_what_they_chose...):
+    the share of its workers' time that went into the pipeline's calls (recorded here for a run of any
+    length), which auto then weighs for that pipeline."""
+    import ray
+    assert not ray.is_initialized()
+    monkeypatch.setattr(workers, 'RAY_SHARE_MIN_S', 0.0)
+    monkeypatch.setattr(workers, 'available_cpus', lambda: 2)
+    corpus = Corpus([str(SHARED_DATA / 'tinystories_train_head2MiB.txt')])
+    char.prepare(corpus, tmp_path / 'o', stories=True, val_fraction=0.1, seed=1, num_workers=2, chunk_size=1 << 18)
+    assert not ray.is_initialized()  # started and shut down by the run
+    (key, shares), = json.loads((speed_cache.parent / RAY_SHARE_FILE).read_text()).items()
+    assert key.endswith('|2 workers|char') and len(shares) == 1 and 0 < shares[0] <= 1
+    speed = char.speed()
+    assert speed.ray_efficiency <= shares[0] and "share as measured here" in speed.source
 
 
 @pytest.mark.parametrize('content', ['{"truncated', '[1, 2]', 'KEY', 'NEGATIVE', 'SHORT'])

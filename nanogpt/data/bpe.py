@@ -25,7 +25,8 @@ from nanogpt.errors import UserError
 from nanogpt.tokenizer import EOT, bpe_encoding, check_reaches_its_tokens, get_encoding, tokenizer_json_vocab
 
 # N Ray workers run RAY_EFFICIENCY * N times as fast as one (bench/prepare_bpe.py; docs/data.md, "Choosing the
-# workers"); one worker's speed and the threads' are measured on the CPU at hand (speed())
+# workers"): a stand-in until a run on a local Ray has measured it here (workers.RAY_SHARE_FILE); one worker's
+# speed and the threads' are measured on the CPU at hand (speed())
 RAY_EFFICIENCY = 0.7
 BYTES_PER_TOKEN = 4.5  # of English web text with GPT-2's BPE: how much text --max_tokens reads
 TOKENIZER_SAMPLE = 100 * 10**6  # bytes a trained tokenizer learns from (docs/data.md, "When to train one, and how big")
@@ -125,7 +126,7 @@ def prepare(corpus, out_dir, tokenizer='gpt2', vocab_size=None, tokenizer_sample
         if max_tokens is not None:  # the work is what the budget needs
             n_bytes = min(n_bytes or float('inf'), int(max_tokens * BYTES_PER_TOKEN))
         plan = choose_workers(num_workers, n_bytes, lambda: speed(vocab), ray_address)
-        with Workers(plan) as workers:
+        with Workers(plan, 'bpe') as workers:
             files = {s: out.open(s) for s in ('train', 'val')}
             try:
                 with progress(max_tokens, 'tokenize', unit='tok') as bar:

@@ -35,8 +35,8 @@ from nanogpt.data.workers import Workers, choose_workers, measured_speed
 from nanogpt.errors import UserError
 
 # N Ray workers run RAY_EFFICIENCY * N times as fast as one (bench/prepare_char.py; docs/data.md, "Choosing the
-# workers"): the driver's share and each task's scheduling, which Ray adds on any CPU; one worker's speed is
-# measured on the CPU at hand (speed()).
+# workers"): the driver's share and each task's scheduling. A stand-in until a run on a local Ray has measured
+# it here (workers.RAY_SHARE_FILE); one worker's speed is measured on the CPU at hand (speed()).
 RAY_EFFICIENCY = 0.6
 SEP = SEPARATOR.encode()
 NO_INT = np.zeros(0, np.int64)
@@ -232,7 +232,7 @@ def prepare(corpus, out_dir, stories, val_fraction, seed=0, num_workers=1, chunk
     (workers.choose_workers). Returns meta."""
     sep = SEPARATOR if stories else None
     plan = choose_workers(num_workers, corpus.text_bytes(), speed, ray_address)
-    with Output(out_dir) as out, Workers(plan) as workers:  # a bad --out_dir fails before Ray starts
+    with Output(out_dir) as out, Workers(plan, 'char') as workers:  # a bad --out_dir fails before Ray starts
         group = corpus.chunks_per_task(chunk_size, workers.num_workers)
         # pass 1: vocabulary and, per chunk, where its tokens go
         used = np.zeros(0x110000, bool)

@@ -30,6 +30,14 @@ RAY_FIXED_S = 6.7
 RAY_COST_FILE = 'ray_fixed_cost.json'
 RAY_COSTS_KEPT = 5
 
+# What Ray's driver and scheduling leave of N workers: the CPU time its workers spent in the pipeline's
+# calls over N x the wall time of the passes. Measured the same way as the fixed cost, by every run on a
+# local Ray whose passes took RAY_SHARE_MIN_S or more (shorter ones are mostly their first and last tasks),
+# per pipeline; the best of the last RAY_COSTS_KEPT counts. Until then, a pipeline's own stand-in
+# (RAY_EFFICIENCY in char.py and bpe.py) counts. The cores' measured scaling multiplies either.
+RAY_SHARE_FILE = 'ray_worker_share.json'
+RAY_SHARE_MIN_S = 10.0
+
 
 # Threads run only where they are predicted to run at least this much faster than one worker: a smaller gain
 # is within the noise of a short measurement, and threads that share the GIL slow each other down
@@ -68,6 +76,10 @@ def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
         where += f"; Ray's start-up as measured here ({cache_dir(RAY_COST_FILE)})"
     else:
         ray_fixed_s = RAY_FIXED_S
+    ray_share = max(_ray_shares(cpus, pipeline), default=None)
+    if ray_share is not None:
+        where += f"; Ray workers' share as measured here ({cache_dir(RAY_SHARE_FILE)})"
+        ray_efficiency = ray_share
     # Ray's workers are processes: they scale as the cores do, which 2 hyperthreads of one core, or cores
     # that other jobs hold, do not
     return Speed(mb_per_s, ray_efficiency * min(1.0, cores / 2), gil_share,
@@ -80,6 +92,15 @@ def _ray_costs(workers):
     if not isinstance(costs, list):
         return []
     return [c for c in costs if type(c) in (int, float) and 0 < c < 600]  # not a bool, nor a file edited by hand
+
+
+def _ray_shares(workers, pipeline):
+    """The share of N workers' time that the last long enough runs of pipeline on a local Ray with N workers
+    spent in its calls (Workers)."""
+    shares = recorded_measurement(RAY_SHARE_FILE, f"{workers} workers|{pipeline}")
+    if not isinstance(shares, list):
+        return []
+    return [s for s in shares if type(s) is float and 0 < s <= 1]
 
 
 def _usable(entry):
@@ -276,9 +297,11 @@ def _ready():
 
 def _call_each(fn, calls, *shared):
     """One Ray task that makes several calls, so that they share one task's scheduling cost. The node it
-    ran on comes back too, for the count of tasks per node."""
+    ran on and the CPU seconds the calls took come back too: tasks per node, and Ray workers' share."""
     import ray
-    return ray.get_runtime_context().get_node_id(), [fn(*args, *shared) for args in calls]
+    cpu = time.process_time()
+    results = [fn(*args, *shared) for args in calls]
+    return ray.get_runtime_context().get_node_id(), results, time.process_time() - cpu
 
 
 def _groups(items, n):
@@ -298,13 +321,16 @@ class Workers:
     flight, so memory stays bounded however many chunks there are. 'process': plain calls, so a small job
     pays no Ray start-up. 'threads': a thread pool of this process, for work that releases the GIL.
     'ray': Ray tasks; a Ray already initialised in this process (a benchmark, a test fixture) is reused
-    and left running; one it starts and stops is timed, and the time recorded for --num_workers auto
-    (RAY_FIXED_S). Says in one line what runs and why, and, on Ray, how many tasks ran on each node."""
+    and left running; on one it starts and stops, what Ray cost and what share of its workers' time went
+    into the pipeline's calls are recorded for --num_workers auto (RAY_FIXED_S, RAY_SHARE_FILE), under
+    pipeline's name. Says in one line what runs and why, and, on Ray, how many tasks ran on each node."""
 
-    def __init__(self, plan):
+    def __init__(self, plan, pipeline=None):
         self.kind, self.num_workers, self.ray, self.address = plan.kind, plan.workers or 1, None, plan.address
-        self.started_ray = False
+        self.started_ray, self.pipeline = False, pipeline
         self.tasks_per_node = collections.Counter()
+        # Ray tasks' CPU seconds in the calls, and of the passes that ran to the end, with those passes' wall time
+        self.task_cpu_s = self.passes_cpu_s = self.passes_s = 0.0
         if self.kind == 'ray':
             t0, imported = time.perf_counter(), 'ray' in sys.modules
             try:
@@ -335,6 +361,11 @@ class Workers:
             if exc[0] is None and not self.address and self.ray_start_s is not None:  # a local Ray, timed whole
                 costs = _ray_costs(self.num_workers) + [self.ray_start_s + time.perf_counter() - t0]
                 record_measurement(RAY_COST_FILE, f"{self.num_workers} workers", costs[-RAY_COSTS_KEPT:])
+            if exc[0] is None and not self.address and self.pipeline and self.passes_s >= RAY_SHARE_MIN_S:
+                share = min(1.0, self.passes_cpu_s / (self.passes_s * self.num_workers))
+                shares = _ray_shares(self.num_workers, self.pipeline) + [share]
+                record_measurement(RAY_SHARE_FILE, f"{self.num_workers} workers|{self.pipeline}",
+                                   shares[-RAY_COSTS_KEPT:])
         if exc[0] is None and self.tasks_per_node:
             nodes = ', '.join(f"{node[:8]} {n}" for node, n in self.tasks_per_node.most_common())
             print(f"ray: {sum(self.tasks_per_node.values())} tasks on {len(self.tasks_per_node)} "
@@ -359,8 +390,12 @@ class Workers:
             # max_retries: a task whose worker process dies is run again, which is safe because every call
             # is idempotent (it returns its result, or writes its own slice of the output files)
             remote = self.ray.remote(num_cpus=1, scheduling_strategy='SPREAD', max_retries=3)(_call_each)
+            start, cpu_s = time.perf_counter(), self.task_cpu_s
             yield from self._ordered((remote.remote(fn, calls, *shared) for calls in _groups(arg_tuples, group)),
                                      self._get, self.ray.cancel)
+            # only here, at the end of the pass: one stopped early (--max_tokens, an error) is not counted
+            self.passes_s += time.perf_counter() - start
+            self.passes_cpu_s += self.task_cpu_s - cpu_s
 
     def _ordered(self, submitted, results, cancel):
         """The results of submitted jobs, in order, with at most 2 per worker in flight."""
@@ -378,10 +413,11 @@ class Workers:
 
     def _get(self, ref):
         try:
-            node, results = self.ray.get(ref)
+            node, results, cpu_s = self.ray.get(ref)
         except self.ray.exceptions.RayTaskError as e:
             if isinstance(e.cause, UserError):  # e.g. invalid UTF-8 found by a worker
                 raise UserError(str(e.cause)) from None
             raise
         self.tasks_per_node[node] += 1
+        self.task_cpu_s += cpu_s
         return results
