@@ -16,7 +16,7 @@ from typing import NamedTuple
 from model import GPT, OPTIONS, GPTConfig, architecture_of
 from nanogpt import checkpoint, hf, sharded
 from nanogpt.errors import ConfigError, UserError
-from nanogpt.tokenizer import model_vocab_size, read_vocab, tokenizer_json_vocab
+from nanogpt.tokenizer import model_vocab_size, read_tokenizer_json, read_vocab
 
 
 class Source(NamedTuple):
@@ -122,12 +122,7 @@ def hf_vocab(path, n_outputs):
     another output size was not trained on."""
     tokenizer_json = os.path.join(path, 'tokenizer.json')
     if os.path.isfile(tokenizer_json):
-        try:
-            with open(tokenizer_json, encoding='utf-8') as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read {tokenizer_json} ({getattr(e, 'strerror', None) or e})") from None
-        vocab = tokenizer_json_vocab(text, tokenizer_json)
+        vocab = read_tokenizer_json(tokenizer_json, "the directory's")
         if vocab['vocab_size'] > n_outputs:
             raise UserError(f"{tokenizer_json} has {vocab['vocab_size']:,} tokens, more than the model's "
                             f"{n_outputs:,} outputs: the directory's tokenizer is not the model's")

@@ -222,6 +222,17 @@ def tokenizer_json_vocab(text, source='tokenizer.json'):
     return {**vocab, 'vocab_size': bpe_encoding(vocab, source).n_vocab}
 
 
+def read_tokenizer_json(path, whose='the', remedy=''):
+    """The vocabulary of the tokenizer.json at path, or a one-line error that names it (whose tokenizer it is,
+    and what to do)."""
+    try:
+        with open(path, encoding='utf-8') as f:
+            text = f.read()
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"cannot read {whose} tokenizer {path} ({getattr(e, 'strerror', None) or e}){remedy}") from None
+    return tokenizer_json_vocab(text, path)
+
+
 def describe_vocab(vocab):
     """A vocabulary in a few words, for messages: its tokenizer, size and, for a tokenizer.json, which one."""
     what = f"{vocab['tokenizer']}, {vocab['vocab_size']:,} tokens"
@@ -253,12 +264,8 @@ def read_vocab(data_dir):
     if meta['tokenizer'] == 'char':
         vocab['itos'] = meta['itos']
     elif meta['tokenizer'] == 'bpe':  # the tokenizer itself, so that checkpoints carry it
-        path = os.path.join(data_dir, meta.get('tokenizer_file', 'tokenizer.json'))
-        try:
-            with open(path, encoding='utf-8') as f:
-                vocab.update(tokenizer_json_vocab(f.read(), path))
-        except OSError as e:
-            raise UserError(f"cannot read {path}, the dataset's tokenizer ({e.strerror}); prepare the dataset again")
+        vocab.update(read_tokenizer_json(os.path.join(data_dir, meta.get('tokenizer_file', 'tokenizer.json')),
+                                         "the dataset's", '; prepare the dataset again'))
     check_bins(data_dir, meta)
     return vocab
 

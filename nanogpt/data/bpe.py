@@ -6,10 +6,11 @@ The engine is the char pipeline's (nanogpt/data/: sources, workers, output): the
 in flight, and the results come back in order. A task encodes each document as tiktoken's
 encode_ordinary does (special tokens in the text are plain text), with <|endoftext|> (50256 for GPT-2,
 0 for a trained BPE) after each, in one encoder call per chunk (encode_documents), checks the ids
-against the output dtype and returns one compact array. Unlike the char pipeline the output length is not known before tokenizing, so this process appends the arrays,
-in order, to train.bin / val.bin: ~2 bytes per 4 bytes of text, which costs little next to the
-tokenization. Whole documents go to val.bin with probability val_fraction, by a hash of (seed,
-document index), so the bytes do not depend on the worker count or chunk size.
+against the output dtype and returns one compact array. Unlike the char pipeline the output length is
+not known before tokenizing, so this process appends the arrays, in order, to train.bin / val.bin:
+~2 bytes per 4 bytes of text, which costs little next to the tokenization. Whole documents go to
+val.bin with probability val_fraction, by a hash of (seed, document index), so the bytes do not depend
+on the worker count or chunk size.
 """
 import itertools
 import os
@@ -22,7 +23,14 @@ from nanogpt.data.output import Output, dtype_for, progress, split_runs, val_mas
 from nanogpt.data.sources import Corpus, check_inputs, chunk_documents, chunk_progress, load_hf_dataset
 from nanogpt.data.workers import Workers, choose_workers, measured_speed
 from nanogpt.errors import UserError
-from nanogpt.tokenizer import EOT, bpe_encoding, check_reaches_its_tokens, get_encoding, tokenizer_json_vocab
+from nanogpt.tokenizer import (
+    EOT,
+    bpe_encoding,
+    check_reaches_its_tokens,
+    get_encoding,
+    read_tokenizer_json,
+    tokenizer_json_vocab,
+)
 
 # N Ray workers run RAY_EFFICIENCY * N times as fast as one (bench/prepare_bpe.py; docs/data.md, "Choosing the
 # workers"): a stand-in until a run on a local Ray has measured it here (workers.RAY_SHARE_FILE); one worker's
@@ -51,13 +59,8 @@ def check_tokenizer(name, vocab_size=None):
     if vocab_size is not None:
         raise UserError(f"--vocab_size is the size of a tokenizer to train (--tokenizer=bpe); {name}'s is fixed")
     if name.endswith('.json') or os.sep in name:  # a tokenizer.json, e.g. one trained for another dataset
-        try:
-            with open(name, encoding='utf-8') as f:
-                text = f.read()
-        except (OSError, UnicodeDecodeError) as e:
-            raise UserError(f"cannot read the tokenizer {name} ({getattr(e, 'strerror', None) or e})") from None
-        vocab = tokenizer_json_vocab(text, name)  # built once here, for the whole run; a bad file is named
-        check_reaches_its_tokens(text, name)
+        vocab = read_tokenizer_json(name)  # built once here, for the whole run; a bad file is named
+        check_reaches_its_tokens(vocab['tokenizer_json'], name)
         return vocab
     import tiktoken
     if name not in tiktoken.list_encoding_names():
@@ -97,7 +100,7 @@ def encode_documents(enc, docs):
 
 def speed(vocab):
     """The Speed of this pipeline on this CPU, for --num_workers auto, measured with the run's own encoder and
-    cached as one figure for every BPE: all run on tiktoken's encoder, a trained one at 0.85-1.03x GPT-2's speed
+    cached as one figure for every BPE: all run on tiktoken's encoder, a trained one at 0.85-1.02x GPT-2's speed
     (bench/bpe_vocab.py)."""
     dtype = dtype_for(bpe_encoding(vocab).n_vocab)
     return measured_speed('bpe', lambda chunk: encode_chunk(chunk, dtype, None, vocab), 1 << 20,

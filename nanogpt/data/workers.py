@@ -71,12 +71,12 @@ def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
         'worker_speed.json', f"{cpus} cpus|{pipeline}|{CALIBRATION}",
         lambda: _calibrate(work, sample_bytes, threads, cpus > 1), valid=_usable)
     where = f"cached in {path}" if quiet else "not cached: other processes were using the CPUs"
-    ray_fixed_s = min(_ray_costs(cpus), default=None)
+    ray_fixed_s = min(_recent(RAY_COST_FILE, f"{cpus} workers"), default=None)
     if ray_fixed_s is not None:
         where += f"; Ray's start-up as measured here ({cache_dir(RAY_COST_FILE)})"
     else:
         ray_fixed_s = RAY_FIXED_S
-    ray_share = max(_ray_shares(cpus, pipeline), default=None)
+    ray_share = max(_recent(RAY_SHARE_FILE, f"{cpus} workers|{pipeline}"), default=None)
     if ray_share is not None:
         where += f"; Ray workers' share as measured here ({cache_dir(RAY_SHARE_FILE)})"
         ray_efficiency = ray_share
@@ -86,21 +86,21 @@ def measured_speed(pipeline, work, sample_bytes, ray_efficiency, threads):
                  f"{pipeline} speed measured on this CPU, {where}", ray_fixed_s)
 
 
-def _ray_costs(workers):
-    """The seconds that the last runs which started a local Ray with this many workers paid for it (Workers)."""
-    costs = recorded_measurement(RAY_COST_FILE, f"{workers} workers")
-    if not isinstance(costs, list):
-        return []
-    return [c for c in costs if type(c) in (int, float) and 0 < c < 600]  # not a bool, nor a file edited by hand
+# what the figures of the last runs on a local Ray (Workers) can be: seconds of start-up and shutdown, a share
+_PLAUSIBLE = {RAY_COST_FILE: lambda s: 0 < s < 600, RAY_SHARE_FILE: lambda s: 0 < s <= 1}
 
 
-def _ray_shares(workers, pipeline):
-    """The share of N workers' time that the last long enough runs of pipeline on a local Ray with N workers
-    spent in its calls (Workers)."""
-    shares = recorded_measurement(RAY_SHARE_FILE, f"{workers} workers|{pipeline}")
-    if not isinstance(shares, list):
+def _recent(file_name, key):
+    """The figures that the last runs on a local Ray recorded for key, less any that a hand-edited file spoilt."""
+    figures = recorded_measurement(file_name, key)
+    if not isinstance(figures, list):
         return []
-    return [s for s in shares if type(s) is float and 0 < s <= 1]
+    return [x for x in figures if type(x) in (int, float) and _PLAUSIBLE[file_name](x)]  # a bool is no figure
+
+
+def _remember(file_name, key, figure):
+    """Add a run's figure to the last RAY_COSTS_KEPT recorded for key."""
+    record_measurement(file_name, key, (_recent(file_name, key) + [figure])[-RAY_COSTS_KEPT:])
 
 
 def _usable(entry):
@@ -359,13 +359,10 @@ class Workers:
             t0 = time.perf_counter()
             self.ray.shutdown()
             if exc[0] is None and not self.address and self.ray_start_s is not None:  # a local Ray, timed whole
-                costs = _ray_costs(self.num_workers) + [self.ray_start_s + time.perf_counter() - t0]
-                record_measurement(RAY_COST_FILE, f"{self.num_workers} workers", costs[-RAY_COSTS_KEPT:])
+                _remember(RAY_COST_FILE, f"{self.num_workers} workers", self.ray_start_s + time.perf_counter() - t0)
             if exc[0] is None and not self.address and self.pipeline and self.passes_s >= RAY_SHARE_MIN_S:
-                share = min(1.0, self.passes_cpu_s / (self.passes_s * self.num_workers))
-                shares = _ray_shares(self.num_workers, self.pipeline) + [share]
-                record_measurement(RAY_SHARE_FILE, f"{self.num_workers} workers|{self.pipeline}",
-                                   shares[-RAY_COSTS_KEPT:])
+                _remember(RAY_SHARE_FILE, f"{self.num_workers} workers|{self.pipeline}",
+                          min(1.0, self.passes_cpu_s / (self.passes_s * self.num_workers)))
         if exc[0] is None and self.tasks_per_node:
             nodes = ', '.join(f"{node[:8]} {n}" for node, n in self.tasks_per_node.most_common())
             print(f"ray: {sum(self.tasks_per_node.values())} tasks on {len(self.tasks_per_node)} "
